@@ -1,0 +1,111 @@
+"""Test-tree set-up shared by serial and MPI runs (the DOLFINx way).
+
+The same tree runs as ``pytest tests`` and as ``mpirun -n K python -m pytest -m mpi tests``.
+Under MPI every rank runs every selected test; ranks other than 0 keep quiet unless one of
+their tests fails, and then their whole report is printed, prefixed by the rank. ``mpirun``
+returns non-zero when any rank's pytest does, so a failure on any rank fails the run; the
+per-test timeout (pytest-timeout, thread method) kills a rank stuck in a collective, which makes
+mpirun tear the job down instead of hanging.
+"""
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _mpi_rank_size():
+    # Read the launcher's environment rather than importing mpi4py: serial runs never need MPI.
+    for r, s in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+                 ("PMIX_RANK", "PMIX_SIZE")):
+        if r in os.environ and s in os.environ:
+            return int(os.environ[r]), int(os.environ[s])
+    return 0, 1
+
+
+RANK, SIZE = _mpi_rank_size()
+_quiet_buffer = None
+_exitstatus = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    global _quiet_buffer
+    if SIZE > 1:
+        import torch
+
+        torch.set_num_threads(1)
+        if RANK != 0:
+            # The terminal reporter is created after this hook and writes to sys.stdout.
+            _quiet_buffer = io.StringIO()
+            sys.stdout = _quiet_buffer
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exitstatus
+    _exitstatus = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    if _quiet_buffer is not None:
+        sys.stdout = sys.__stdout__
+        if _exitstatus not in (0, 5):
+            text = _quiet_buffer.getvalue()
+            sys.stderr.write("".join(f"[rank {RANK}] {line}\n" for line in text.splitlines()))
+
+
+@pytest.fixture(scope="session")
+def shared_reference():
+    """Folder with the authors' node sets; tests that need it skip when it is absent."""
+    ref = SHARED / "reference"
+    if not (ref / "DiskPoissonNodes.mat").exists():
+        pytest.skip(f"reference node sets not found in {ref}")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def comm():
+    """The run's communicator: SerialComm in plain pytest, MPIComm under mpirun."""
+    from dtpinn_dist.distributed.comm import get_comm
+
+    return get_comm("mpi" if SIZE > 1 else "serial")
+
+
+def mpi_env():
+    """Environment for tests that launch ``mpirun`` themselves (root, oversubscription, threads)."""
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture
+def mpirun():
+    """Run ``mpirun -n K <args>`` as a subprocess under a timeout; returns CompletedProcess.
+
+    For tests of whole-job behaviour (CLI runs, abort on error). Skipped when the test tree itself
+    runs under mpirun (no nested launches).
+    """
+    import shutil
+    import subprocess
+
+    if SIZE > 1:
+        pytest.skip("launches its own mpirun; runs in the serial pass")
+    launcher = shutil.which("mpirun") or shutil.which("mpiexec")
+    if launcher is None:
+        pytest.skip("no mpirun on PATH")
+
+    def run(n, args, timeout=120, cwd=None):
+        cmd = [launcher, "-n", str(n), *map(str, args)]
+        return subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd)
+
+    return run
