@@ -29,9 +29,20 @@ command -v "$PY" >/dev/null 2>&1 || die "no '$PY' on PATH: install Python >= 3.1
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || die "$("$PY" -V 2>&1) is too old: dtpinn_dist needs Python >= 3.11; set PYTHON=/path/to/python3.11"
 
-# What the stamp covers: change any of these and the environment is rebuilt.
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) petsc=${PETSC_DIR:-pypi-$PETSC_VERSION} torch=$TORCH_SPEC py=$("$PY" -V 2>&1)"
+# Two stamps: the base (Python, PETSc, torch, this recipe) -> rebuild .venv/ from scratch when it
+# changes; the package's own metadata -> only reinstall the package (seconds).
+want="recipe=$(sha256sum < scripts/setup.sh | cut -c1-16) petsc=${PETSC_DIR:-pypi-$PETSC_VERSION} torch=$TORCH_SPEC py=$("$PY" -V 2>&1)"
+want_pkg="$(sha256sum < pyproject.toml | cut -c1-16)"
+pkg_stamp="$venv/.dtpinn-package"
+install_package() {
+  "$venv/bin/python" -m pip install -q --no-build-isolation -e ".[mpi,io,test]"
+  echo "$want_pkg" > "$pkg_stamp"
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  if [ ! -f "$pkg_stamp" ] || [ "$(cat "$pkg_stamp")" != "$want_pkg" ]; then
+    say "pyproject.toml changed: reinstalling dtpinn_dist"
+    install_package
+  fi
   exit 0
 fi
 
@@ -108,7 +119,7 @@ else
 fi
 say "installing mpi4py and dtpinn_dist (editable)"
 $pip install -q --no-build-isolation mpi4py
-$pip install -q --no-build-isolation -e ".[mpi,io,test]"
+install_package
 
 # ---- 5. Check it really works before stamping -----------------------------------------------------
 "$venv/bin/python" -c "from petsc4py import PETSc; from mpi4py import MPI; import torch, dtpinn_dist" \
