@@ -1,0 +1,310 @@
+"""RBF-FD differentiation matrices (paper section 2.2): polyharmonic splines r^m plus
+tensor-product Legendre polynomials of total degree l.
+
+For accuracy order ``p`` (2..6) and an operator of order ``theta`` (1: gradient and the Robin
+boundary operator, 2: Laplacian, 4: biharmonic) the authors use
+
+* polynomial degree ``l = p + theta - 1``,
+* kernel exponent ``m = l`` (l odd) or ``l - 1`` (l even), clamped to ``5 <= m <= 11``,
+* stencil size ``n = 2 * binom(l + d, d) + 1`` nearest neighbours among interior + boundary +
+  ghost nodes.
+
+Every stencil is centred at its evaluation point and scaled by its radius, the saddle systems
+``[[A, P], [P^T, 0]] [w; lambda] = [L phi; L q]`` are solved in batches with numpy, and the
+derivatives are scaled back.  No Python loop over nodes.
+
+Matrices: rows of :func:`laplacian_matrix` / :func:`biharmonic_matrix` / :func:`gradient_matrix`
+are interior + boundary nodes (Ni + Nb); rows of :func:`boundary_matrix` are boundary nodes (Nb);
+columns are always ``cloud.nodes`` (interior, boundary, ghost).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import comb
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from .polynomials import n_poly, poly_deriv_at_zero, poly_values
+
+__all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weights_to_csr",
+           "laplacian_matrix", "gradient_matrix", "boundary_matrix", "biharmonic_matrix",
+           "assemble", "THETA"]
+
+#: Operator order theta of each operator kind.
+THETA = {"identity": 1, "gradient": 1, "robin": 1, "laplacian": 2, "biharmonic": 4}
+
+# Stencils per batched solve: bounds memory (a chunk holds a few (c, n+M, n+M) arrays) while
+# keeping numpy's per-call overhead negligible.
+_CHUNK_BYTES = 32 * 2 ** 20
+# A stencil whose scaled weights sum(|w|) R^theta exceed this is treated as (nearly) singular.
+_MAX_LEBESGUE = 1e10
+_MAX_RESIDUAL = 1e-8
+
+
+def stencil_params(order: int, theta: int, dim: int) -> tuple[int, int, int]:
+    """Return ``(l, m, n)``: polynomial degree, PHS exponent and stencil size (see module doc)."""
+    if isinstance(order, bool) or int(order) != order or not 2 <= order <= 6:
+        raise ValueError(f"order p={order!r} is not supported; use an integer 2 <= p <= 6")
+    if dim not in (2, 3):
+        raise ValueError(f"dimension d={dim} is not supported; use d=2 or d=3")
+    l = int(order) + int(theta) - 1
+    m = l if l % 2 == 1 else l - 1
+    m = min(max(m, 5), 11)
+    return l, m, 2 * comb(l + dim, dim) + 1
+
+
+@dataclass
+class Operator:
+    """A linear differential operator as a sum of terms ``coef * D`` evaluated at the centre.
+
+    ``terms`` is a list of ``(kind, coef)`` with kind one of ``"id"``, ``("d", k)`` (d/dx_k),
+    ``"lap"``, ``"bilap"`` and ``coef`` a scalar or an array with one value per centre.
+    """
+
+    terms: list = field(default_factory=list)
+    theta: int = 2
+    name: str = "operator"
+
+
+def make_operator(op: str, dim: int, axis: int | None = None, normals=None, alpha=1.0,
+                  beta=1.0) -> Operator:
+    """Build an :class:`Operator` by name: ``laplacian``, ``gradient`` (needs ``axis``),
+    ``robin`` (``alpha n.grad + beta``; needs ``normals``), ``biharmonic``, ``identity``."""
+    if op == "laplacian":
+        return Operator([("lap", 1.0)], 2, op)
+    if op == "biharmonic":
+        return Operator([("bilap", 1.0)], 4, op)
+    if op == "identity":
+        return Operator([("id", 1.0)], 1, op)
+    if op == "gradient":
+        if axis is None or not 0 <= int(axis) < dim:
+            raise ValueError(f"gradient needs axis in 0..{dim - 1}, got {axis!r}")
+        return Operator([(("d", int(axis)), 1.0)], 1, f"d/dx{int(axis)}")
+    if op == "robin":
+        if normals is None:
+            raise ValueError("the robin operator needs the unit normals at the centres")
+        normals = np.asarray(normals, dtype=np.float64)
+        alpha = np.asarray(alpha, dtype=np.float64)
+        beta = np.asarray(beta, dtype=np.float64)
+        terms = [(("d", k), alpha * normals[:, k]) for k in range(dim)] + [("id", beta)]
+        return Operator(terms, 1, "robin")
+    raise ValueError(f"unknown operator {op!r}; use one of {sorted(THETA)}")
+
+
+def _coef(c, sel):
+    c = np.asarray(c, dtype=np.float64)
+    return c if c.ndim == 0 else c[sel]
+
+
+def _rhs(op: Operator, Y, r, R, sel, l: int, m: int):
+    """Right-hand sides [L phi(|y - y_j|) ; L q_alpha] at y = 0 for a chunk.
+
+    Y (c, n, d) scaled local coordinates, r (c, n) = |Y|, R (c,) stencil radii; derivatives
+    of order k in x are those in y times R^-k.
+    """
+    c, n, d = Y.shape
+    M = n_poly(l, d)
+    rhs = np.zeros((c, n + M), dtype=np.float64)
+    rm2 = r ** (m - 2)
+    for kind, coef in op.terms:
+        cf = _coef(coef, sel)
+        if kind == "id":
+            rb = rm2 * r * r
+            pb = poly_deriv_at_zero(l, d, (0,) * d)
+            k = 0
+        elif kind == "lap":
+            rb = m * (m + d - 2) * rm2
+            pb = sum(poly_deriv_at_zero(l, d, tuple(2 * (j == i) for j in range(d)))
+                     for i in range(d))
+            k = 2
+        elif kind == "bilap":
+            rb = m * (m + d - 2) * (m - 2) * (m + d - 4) * r ** (m - 4)
+            pb = sum(poly_deriv_at_zero(l, d, tuple(4 * (j == i) for j in range(d)))
+                     for i in range(d))
+            for i in range(d):
+                for j in range(i + 1, d):
+                    pb = pb + 2 * poly_deriv_at_zero(
+                        l, d, tuple(2 * (q == i or q == j) for q in range(d)))
+            k = 4
+        else:  # ("d", axis): d/dy_a |y - y_j|^m at 0 = -m |y_j|^(m-2) y_ja
+            a = kind[1]
+            rb = -m * rm2 * Y[:, :, a]
+            pb = poly_deriv_at_zero(l, d, tuple(int(j == a) for j in range(d)))
+            k = 1
+        scale = cf * R ** (-k)  # broadcasts a scalar or per-centre coefficient
+        rhs[:, :n] += scale[:, None] * rb
+        rhs[:, n:] += scale[:, None] * pb[None, :]
+    return rhs
+
+
+def _solve_chunk(Y, r, rhs, l, m, ids):
+    """Assemble and solve the saddle systems of one chunk; check each stencil."""
+    c, n, d = Y.shape
+    M = n_poly(l, d)
+    K = np.zeros((c, n + M, n + M), dtype=np.float64)
+    # Pairwise distances from the Gram matrix (one batched matmul); tiny negative round-off
+    # clipped. r^m with m >= 5 makes the sqrt's absolute error near 0 irrelevant.
+    sq = r * r
+    D2 = sq[:, :, None] + sq[:, None, :] - 2.0 * np.matmul(Y, Y.transpose(0, 2, 1))
+    np.maximum(D2, 0.0, out=D2)
+    A = np.sqrt(D2)
+    h = (m - 1) // 2
+    Am = D2 if h >= 1 else np.ones_like(D2)
+    for _ in range(h - 1):
+        Am = Am * D2
+    K[:, :n, :n] = Am * A
+    P = poly_values(Y, l)
+    K[:, :n, n:] = P
+    K[:, n:, :n] = P.transpose(0, 2, 1)
+    try:
+        sol = np.linalg.solve(K, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        for i in range(c):  # error path only: find the culprit
+            try:
+                np.linalg.solve(K[i], rhs[i])
+            except np.linalg.LinAlgError:
+                raise ValueError(f"RBF-FD stencil of centre {ids[i]} is singular (duplicate or "
+                                 "degenerate nodes, e.g. all on a line/plane); check the cloud "
+                                 "with PointCloud.validate() or use a lower order") from None
+        raise
+    res = np.abs(np.matmul(K, sol[:, :, None])[:, :, 0] - rhs).max(1)
+    scale = np.abs(K).max((1, 2)) * np.abs(sol).max(1) + np.abs(rhs).max(1)
+    w = sol[:, :n]
+    bad = ~np.isfinite(sol).all(1) | (res > _MAX_RESIDUAL * scale)
+    # Lebesgue-type size of the weights in scaled coordinates (scale-free, O(1..100) normally).
+    leb = np.abs(sol[:, :n]).sum(1) / np.maximum(np.abs(rhs[:, :n]).max(1), 1e-300)
+    bad |= ~(leb < _MAX_LEBESGUE)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"RBF-FD stencil of centre {ids[i]} is nearly singular (residual "
+                         f"{res[i]:.2e}, weight size {leb[i]:.2e}); the nodes near it are "
+                         "degenerate or duplicated -- check PointCloud.validate(), spacing_ratio, "
+                         "or use a lower order")
+    return w
+
+
+def rbffd_weights(nodes, centers, op, order: int, *, axis=None, normals=None, alpha=1.0,
+                  beta=1.0, tree: cKDTree | None = None, center_ids=None, chunk: int | None = None):
+    """RBF-FD weights of ``op`` at arbitrary ``centers`` using stencils from ``nodes``.
+
+    Parameters
+    ----------
+    nodes : (N, d) array
+        Candidate stencil nodes (the matrix columns).
+    centers : (C, d) array
+        Evaluation points (the matrix rows).
+    op : str or Operator
+        ``laplacian``, ``gradient`` (with ``axis``), ``robin`` (with ``normals``, per-centre or
+        scalar ``alpha``, ``beta``), ``biharmonic``, ``identity``, or an :class:`Operator` whose
+        per-centre coefficient arrays have length C.
+    order : int
+        Accuracy order p, 2..6.
+    tree : cKDTree, optional
+        A tree over ``nodes`` to reuse.
+    center_ids : array, optional
+        Names of the centres used in error messages (default 0..C-1).
+
+    Returns
+    -------
+    indices : (C, n) int64 array of node indices (sorted ascending per row)
+    weights : (C, n) float64 array
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    d = nodes.shape[1]
+    if not isinstance(op, Operator):
+        op = make_operator(op, d, axis=axis, normals=normals, alpha=alpha, beta=beta)
+    l, m, n = stencil_params(order, op.theta, d)
+    if len(nodes) < n:
+        raise ValueError(f"order p={order} for the {op.name} in {d}D needs stencils of {n} nodes "
+                         f"but the cloud has only {len(nodes)}; use more nodes or a lower order")
+    C = len(centers)
+    ids = np.arange(C) if center_ids is None else np.asarray(center_ids)
+    M = n_poly(l, d)
+    if chunk is None:
+        chunk = max(16, _CHUNK_BYTES // (8 * 3 * (n + M) ** 2))
+    if tree is None:
+        tree = cKDTree(nodes)
+    idx_out = np.empty((C, n), dtype=np.int64)
+    w_out = np.empty((C, n), dtype=np.float64)
+    for s in range(0, C, chunk):
+        sel = slice(s, min(C, s + chunk))
+        ctr = centers[sel]
+        dist, idx = tree.query(ctr, k=n)
+        R = dist[:, -1]
+        X = nodes[idx] - ctr[:, None, :]
+        Y = X / R[:, None, None]
+        r = dist / R[:, None]
+        rhs = _rhs(op, Y, r, R, sel, l, m)
+        w = _solve_chunk(Y, r, rhs, l, m, ids[sel])
+        # Sorted column indices per row: canonical CSR and better SpMV locality.
+        o = np.argsort(idx, axis=1)
+        idx_out[sel] = np.take_along_axis(idx, o, 1)
+        w_out[sel] = np.take_along_axis(w, o, 1)
+    return idx_out, w_out
+
+
+def weights_to_csr(indices, weights, n_cols: int) -> sp.csr_matrix:
+    """CSR matrix with row i holding ``weights[i]`` at columns ``indices[i]``."""
+    C, n = indices.shape
+    indptr = np.arange(0, C * n + 1, n, dtype=np.int64)
+    A = sp.csr_matrix((weights.ravel(), indices.ravel(), indptr), shape=(C, n_cols))
+    A.has_sorted_indices = True
+    return A
+
+
+def _rows(rows, total: int, what: str):
+    if rows is None:
+        return np.arange(total)
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a 1-D integer array of {what} row indices")
+    if rows.size and (rows.min() < 0 or rows.max() >= total):
+        raise ValueError(f"rows must lie in 0..{total - 1} (the {what} rows), got "
+                         f"{rows.min()}..{rows.max()}")
+    return rows
+
+
+def _cloud_op_matrix(cloud, order, op_name, rows, **kw):
+    nodes = cloud.nodes
+    Nc = cloud.n_interior + cloud.n_boundary
+    rows = _rows(rows, Nc, "interior+boundary")
+    idx, w = rbffd_weights(nodes, nodes[rows], op_name, order, center_ids=rows, **kw)
+    return weights_to_csr(idx, w, len(nodes))
+
+
+def laplacian_matrix(cloud, order: int, rows=None) -> sp.csr_matrix:
+    """Laplacian: rows interior+boundary (or the subset ``rows``), columns ``cloud.nodes``."""
+    return _cloud_op_matrix(cloud, order, "laplacian", rows)
+
+
+def biharmonic_matrix(cloud, order: int, rows=None) -> sp.csr_matrix:
+    """Biharmonic (Laplacian squared), same rows/columns as :func:`laplacian_matrix`."""
+    return _cloud_op_matrix(cloud, order, "biharmonic", rows)
+
+
+def gradient_matrix(cloud, order: int, axis: int, rows=None) -> sp.csr_matrix:
+    """d/dx_axis, same rows/columns as :func:`laplacian_matrix`."""
+    return _cloud_op_matrix(cloud, order, "gradient", rows, axis=axis)
+
+
+def boundary_matrix(cloud, order: int, alpha=1.0, beta=1.0, rows=None) -> sp.csr_matrix:
+    """Robin operator ``alpha n.grad + beta`` at the boundary nodes (Dirichlet: alpha=0,
+    Neumann: beta=0); ``alpha``/``beta`` scalars or length-Nb arrays.  Rows: boundary nodes (or
+    the subset ``rows`` of 0..Nb-1); columns ``cloud.nodes``."""
+    Nb, Ni = cloud.n_boundary, cloud.n_interior
+    rows = _rows(rows, Nb, "boundary")
+    alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (Nb,))[rows]
+    beta = np.broadcast_to(np.asarray(beta, dtype=np.float64), (Nb,))[rows]
+    nodes = cloud.nodes
+    idx, w = rbffd_weights(nodes, cloud.boundary[rows], "robin", order,
+                           normals=cloud.normals[rows], alpha=alpha, beta=beta,
+                           center_ids=Ni + rows)
+    return weights_to_csr(idx, w, len(nodes))
+
+
+def assemble(cloud, order: int, alpha=1.0, beta=1.0):
+    """Return ``(L, B)``: the Laplacian and the Robin boundary matrix of a cloud."""
+    return laplacian_matrix(cloud, order), boundary_matrix(cloud, order, alpha, beta)
