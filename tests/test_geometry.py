@@ -134,9 +134,11 @@ def test_make_cloud_quality(dom, n, bound):
     assert not dom.inside(c.ghost).any()
     assert spacing_ratio(c.collocation) < bound
     assert c.test is not None and abs(len(c.test) - 500) < 50
-    # the test set is an independent cloud: (almost) no test point coincides with a training
-    # node (a few boundary points, e.g. corners or theta = 0, may)
-    assert (cKDTree(c.collocation).query(c.test)[0] < 1e-9).mean() < 0.05
+    # the test set is an independent cloud: its interior points differ from the training nodes
+    # (boundary samplers are deterministic, so some test boundary points may coincide)
+    tin = c.test[dom.inside(c.test)]
+    assert len(tin) > 0.6 * len(c.test)
+    assert (cKDTree(c.collocation).query(tin)[0] < 1e-9).mean() < 0.01
 
 
 def test_make_cloud_seeded():
