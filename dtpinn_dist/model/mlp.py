@@ -1,0 +1,88 @@
+"""The PINN network: a plain fully connected tanh MLP with a seeded, dtype-explicit init."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "DTYPES", "parse_dtype"]
+
+DTYPES = {"fp64": torch.float64, "float64": torch.float64, "fp32": torch.float32,
+          "float32": torch.float32}
+
+_ACTIVATIONS = {"tanh": torch.tanh, "sin": torch.sin}
+
+
+def parse_dtype(name) -> torch.dtype:
+    """'fp64'/'fp32' (or a torch dtype) -> torch dtype, with a clear error otherwise."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}: use 'fp64' or 'fp32'") from None
+
+
+class MLP(nn.Module):
+    """``in_dim -> [width] * depth -> out_dim`` with ``tanh`` between layers.
+
+    Parameters
+    ----------
+    in_dim : int
+        2 or 3 for (x, y[, z]); one more for heat (x, y, t).
+    width, depth : int
+        Hidden layer width and count (paper: 50 x 4).
+    out_dim : int
+    dtype : torch.dtype or str
+        Parameter dtype (fp64 for DT-PINNs, fp32 for vanilla PINNs by default).
+    seed : int
+        Initialisation seed. The init draws from its own generator (not the global RNG), so the
+        same seed gives the same weights regardless of what ran before. Same distribution as
+        torch's default ``nn.Linear`` init (the authors' choice): U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+        drawn in fp64 and then cast, so fp32 and fp64 nets of one seed start from the same point.
+    activation : str
+        'tanh' (default) or 'sin'.
+    """
+
+    def __init__(self, in_dim: int = 2, width: int = 50, depth: int = 4, out_dim: int = 1,
+                 dtype=torch.float64, seed: int = 0, activation: str = "tanh", device="cpu"):
+        super().__init__()
+        dtype = parse_dtype(dtype)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {sorted(_ACTIVATIONS)}")
+        self.in_dim, self.width, self.depth, self.out_dim = in_dim, width, depth, out_dim
+        self.activation = activation
+        self._act = _ACTIVATIONS[activation]
+        sizes = [in_dim] + [width] * depth + [out_dim]
+        gen = torch.Generator().manual_seed(int(seed))
+        self.layers = nn.ModuleList()
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            lin = nn.Linear(a, b, dtype=dtype, device=device)
+            bound = 1.0 / math.sqrt(a)
+            with torch.no_grad():
+                lin.weight.copy_((torch.rand((b, a), generator=gen, dtype=torch.float64) * 2 - 1)
+                                 * bound)
+                lin.bias.copy_((torch.rand((b,), generator=gen, dtype=torch.float64) * 2 - 1)
+                               * bound)
+            self.layers.append(lin)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].weight.device
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """``X`` of shape (n, in_dim) -> (n, out_dim)."""
+        h = X
+        for lin in self.layers[:-1]:
+            h = self._act(lin(h))
+        return self.layers[-1](h)
+
+    def config(self) -> dict:
+        return {"in_dim": self.in_dim, "width": self.width, "depth": self.depth,
+                "out_dim": self.out_dim, "activation": self.activation,
+                "dtype": str(self.dtype).replace("torch.", "")}

@@ -1,0 +1,282 @@
+"""One training loop for DT and vanilla PINNs, serial and distributed.
+
+Distributed rules (all ranks must take bit-identical optimizer steps):
+
+* the network is initialised from the seed and then rank 0's state is broadcast;
+* the closure computes this rank's ``(r * r).sum()``, back-propagates it, then SUMS the gradient
+  over ranks with one deterministic ``comm.sum`` on the flattened vector (copied back into
+  ``.grad``) and sums the loss the same way. ``comm.sum`` returns identical bits on every rank,
+  so every rank's optimizer sees the same loss and gradient and branches identically;
+* no other collective runs inside the optimizer; stop decisions (time budget) are made on rank 0
+  and broadcast between steps, evaluation metrics are global sums between steps.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..model.mlp import MLP
+from ..optim.first_order import default_lr, make_optimizer
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all serialisable, written to metrics.json).
+
+    Attributes
+    ----------
+    optimizer : {'lbfgs', 'adam'}
+    lr : float or None
+        None: the paper's rate for (method, problem) (:func:`~dtpinn_dist.optim.default_lr`).
+    line_search : bool
+        L-BFGS strong-Wolfe line search (the paper: none).
+    history_size, max_iter : int
+        L-BFGS memory and inner iterations per step (torch defaults, as the authors).
+    steps : int
+        Optimizer steps (``optimizer.step`` calls) budget.
+    tol : float
+        Stop when the loss is <= tol (0: never).
+    time_budget : float or None
+        Stop when the TRAINING time (evaluation excluded) exceeds this many seconds.
+    eval_every : int
+        Metrics every this many steps (and at the end).
+    seed : int
+        Network initialisation seed.
+    width, depth, activation
+        Network shape (paper: 50, 4, tanh).
+    verbose : bool
+        Progress lines (rank 0 only).
+    """
+
+    optimizer: str = "lbfgs"
+    lr: float | None = None
+    line_search: bool = False
+    history_size: int = 100
+    max_iter: int = 20
+    steps: int = 500
+    tol: float = 0.0
+    time_budget: float | None = None
+    eval_every: int = 10
+    seed: int = 0
+    width: int = 50
+    depth: int = 4
+    activation: str = "tanh"
+    verbose: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``history``: one dict per evaluation (see :meth:`Trainer.evaluate`)."""
+
+    history: list = field(default_factory=list)
+    steps: int = 0
+    evals: int = 0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    final_loss: float | None = None
+    final_rel_l2: float | None = None
+    best_rel_l2: float | None = None
+    best_step: int | None = None
+    time_to_best_s: float | None = None
+    stop_reason: str = ""
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+class Trainer:
+    """Train ``model`` on ``problem`` over ``system`` (this rank's share).
+
+    Parameters
+    ----------
+    problem
+        A problem object from :mod:`dtpinn_dist.problems` (DT or vanilla).
+    system : DiscreteSystem
+    config : TrainConfig
+    model : torch.nn.Module, optional
+        Default: :class:`~dtpinn_dist.model.MLP` of ``config``'s shape in the operators' dtype.
+    log : callable
+        Where progress lines go (called on rank 0 only).
+    """
+
+    def __init__(self, problem, system, config: TrainConfig | None = None, model=None, log=print):
+        self.problem, self.system = problem, system
+        self.config = cfg = config or TrainConfig()
+        self.comm = system.comm
+        self.log = log
+        dtype = system.L.dtype
+        if model is None:
+            model = MLP(problem.input_dim(system.dim), cfg.width, cfg.depth, dtype=dtype,
+                        seed=cfg.seed, activation=cfg.activation, device=system.L.device)
+        if model.dtype != dtype:
+            raise ValueError(f"network is {model.dtype} but the operators are {dtype}; build the "
+                             "system with the network's dtype")
+        self.model = model
+        # every rank starts from rank 0's weights, whatever its own init produced
+        state = self.comm.bcast({k: v.detach().cpu() for k, v in model.state_dict().items()}
+                                if self.comm.rank == 0 else None)
+        model.load_state_dict(state)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(
+            cfg.optimizer, problem.method, problem.kind, cfg.line_search)
+        self.optimizer = make_optimizer(self.params, cfg.optimizer, self.lr,
+                                        line_search=cfg.line_search,
+                                        history_size=cfg.history_size, max_iter=cfg.max_iter)
+        self.step_count = 0
+        self.evals = 0
+        self.train_time = 0.0
+        self.eval_time = 0.0
+        self.history: list[dict] = []
+        self._nonfinite = False
+        self._last_loss = math.nan
+
+    # ------------------------------------------------------------------ core
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def _set_flat(self, v: torch.Tensor) -> None:
+        i = 0
+        with torch.no_grad():
+            for p in self.params:
+                n = p.numel()
+                p.copy_(v[i:i + n].view_as(p))
+                i += n
+
+    def closure(self) -> torch.Tensor:
+        """zero_grad, local loss, backward, global gradient and loss (one comm.sum each)."""
+        self.optimizer.zero_grad(set_to_none=False)
+        r = self.problem.residual(self.model, self.system)
+        local = (r * r).sum()
+        local.backward()
+        comm = self.comm
+        if comm.size > 1:
+            g = torch.cat([p.grad.reshape(-1) for p in self.params])
+            g = comm.sum(g)
+            i = 0
+            for p in self.params:
+                n = p.numel()
+                p.grad.copy_(g[i:i + n].view_as(p))
+                i += n
+            loss = comm.sum(local.detach())
+        else:
+            loss = local.detach()
+        self.evals += 1
+        if not torch.isfinite(loss):
+            # zero gradient makes L-BFGS return at once instead of iterating on NaNs
+            self._nonfinite = True
+            for p in self.params:
+                p.grad.zero_()
+        self._last_loss = float(loss)
+        return loss
+
+    def evaluate(self) -> dict:
+        """Global metrics now: loss terms, rel L2, residual norms, counters, times (collective)."""
+        t0 = time.perf_counter()
+        terms = self.problem.loss_terms(self.model, self.system)
+        rec = {"step": self.step_count, "evals": self.evals, "loss": float(sum(terms.values()))}
+        rec.update({f"loss_{k}": v for k, v in terms.items()})
+        rec["rel_l2"] = self.problem.rel_l2(self.model, self.system)
+        rec.update(self.problem.residual_norms(self.model, self.system))
+        self.eval_time += time.perf_counter() - t0
+        rec["time_s"] = self.train_time
+        rec["eval_time_s"] = self.eval_time
+        return rec
+
+    def _record(self, result: TrainResult) -> dict:
+        rec = self.evaluate()
+        self.history.append(rec)
+        e = rec["rel_l2"]
+        if e is not None and math.isfinite(e) and (result.best_rel_l2 is None
+                                                   or e < result.best_rel_l2):
+            result.best_rel_l2, result.best_step, result.time_to_best_s = e, rec["step"], rec["time_s"]
+        if self.config.verbose and self.comm.rank == 0:
+            err = "n/a" if e is None else f"{e:.3e}"
+            self.log(f"step {rec['step']:6d}  evals {rec['evals']:7d}  loss {rec['loss']:.3e}  "
+                     f"rel_l2 {err}  pde_res {rec['discrete_pde_res']:.2e}  "
+                     f"train {rec['time_s']:.1f}s  eval {rec['eval_time_s']:.1f}s")
+        return rec
+
+    def train(self) -> TrainResult:
+        """Run until the step budget, the loss tolerance, the time budget or a NaN/inf loss."""
+        cfg = self.config
+        res = TrainResult()
+        if not self.history:
+            self._record(res)
+        reason = "step budget"
+        while self.step_count < cfg.steps:
+            good = self._flat().clone()
+            t0 = time.perf_counter()
+            evals0 = self.evals
+            self.optimizer.step(self.closure)
+            self.train_time += time.perf_counter() - t0
+            self.step_count += 1
+            if self._nonfinite or not torch.isfinite(self._flat()).all():
+                self._set_flat(good)
+                reason = (f"non-finite loss at step {self.step_count}: stopped and restored the "
+                          "last good parameters (try a smaller --lr)")
+                if self.comm.rank == 0:
+                    self.log(reason)
+                break
+            if cfg.eval_every and self.step_count % cfg.eval_every == 0:
+                self._record(res)
+            if cfg.tol and self._last_loss <= cfg.tol:
+                reason = f"loss {self._last_loss:.3e} <= tol {cfg.tol:g}"
+                break
+            if self.evals - evals0 <= 1 and torch.equal(self._flat(), good):
+                reason = "converged (optimizer made no progress)"
+                break
+            if cfg.time_budget is not None:
+                # rank 0's clock decides, so all ranks stop after the same step
+                stop = self.comm.bcast(self.train_time >= cfg.time_budget
+                                       if self.comm.rank == 0 else None)
+                if stop:
+                    reason = f"time budget {cfg.time_budget:g}s"
+                    break
+        if not self.history or self.history[-1]["step"] != self.step_count:
+            self._record(res)
+        last = self.history[-1]
+        res.history = self.history
+        res.steps, res.evals = self.step_count, self.evals
+        res.train_time_s, res.eval_time_s = self.train_time, self.eval_time
+        res.final_loss, res.final_rel_l2 = last["loss"], last["rel_l2"]
+        res.stop_reason = reason
+        # best over the whole history (also after a restart from a checkpoint)
+        best = [h for h in self.history if h["rel_l2"] is not None and math.isfinite(h["rel_l2"])]
+        if best:
+            b = min(best, key=lambda h: h["rel_l2"])
+            res.best_rel_l2, res.best_step, res.time_to_best_s = b["rel_l2"], b["step"], b["time_s"]
+        if cfg.verbose and self.comm.rank == 0:
+            self.log(f"stopped: {reason}")
+        return res
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        """Everything needed to continue: model, optimizer, RNG, counters, history."""
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "rng_torch": torch.get_rng_state(),
+                "step": self.step_count, "evals": self.evals,
+                "train_time_s": self.train_time, "eval_time_s": self.eval_time,
+                "history": copy.deepcopy(self.history), "config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"])
+        self.step_count, self.evals = int(state["step"]), int(state["evals"])
+        self.train_time, self.eval_time = float(state["train_time_s"]), float(state["eval_time_s"])
+        self.history = copy.deepcopy(state["history"])
+
+
+def train(problem, system, config: TrainConfig | None = None, model=None, log=print):
+    """Convenience: ``Trainer(problem, system, config, model, log).train()`` -> (TrainResult, Trainer)."""
+    t = Trainer(problem, system, config, model=model, log=log)
+    return t.train(), t
