@@ -20,6 +20,13 @@ stamp="$venv/.dtpinn-ready"
 die() { echo "setup: error: $*" >&2; exit 1; }
 say() { echo "setup: $*" >&2; }
 
+# One setup at a time per checkout (parallel test runs, job arrays): later ones wait, then find
+# the stamp in place and return at once.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$root/.venv.lock"
+  flock 9
+fi
+
 PETSC_VERSION=3.26.1
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
