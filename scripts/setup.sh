@@ -28,6 +28,8 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 PETSC_VERSION=3.26.1
+# Bump when the build steps below change, so existing environments are rebuilt.
+RECIPE=1
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
 # ---- 1. Python ------------------------------------------------------------------------------
@@ -38,7 +40,7 @@ command -v "$PY" >/dev/null 2>&1 || die "no '$PY' on PATH: install Python >= 3.1
 
 # Two stamps: the base (Python, PETSc, torch, this recipe) -> rebuild .venv/ from scratch when it
 # changes; the package's own metadata -> only reinstall the package (seconds).
-want="recipe=$(sha256sum < scripts/setup.sh | cut -c1-16) petsc=${PETSC_DIR:-pypi-$PETSC_VERSION} torch=$TORCH_SPEC py=$("$PY" -V 2>&1)"
+want="recipe=$RECIPE petsc=${PETSC_DIR:-pypi-$PETSC_VERSION} torch=$TORCH_SPEC py=$("$PY" -V 2>&1)"
 want_pkg="$(sha256sum < pyproject.toml | cut -c1-16)"
 pkg_stamp="$venv/.dtpinn-package"
 install_package() {
