@@ -35,9 +35,10 @@ __all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weig
 #: Operator order theta of each operator kind.
 THETA = {"identity": 1, "gradient": 1, "robin": 1, "laplacian": 2, "biharmonic": 4}
 
-# Stencils per batched solve: bounds memory (a chunk holds a few (c, n+M, n+M) arrays) while
-# keeping numpy's per-call overhead negligible.
-_CHUNK_BYTES = 32 * 2 ** 20
+# Stencils per batched solve: about _CHUNK_ENTRIES / (n+M)^2 (a few hundred for 2D p=4).  Measured:
+# small chunks keep the working set in cache and avoid page faults of fresh large arrays, while
+# numpy's per-call overhead stays negligible; 4096-stencil chunks were 2x slower than 256.
+_CHUNK_ENTRIES = 1_500_000
 # A stencil whose scaled weights sum(|w|) R^theta exceed this is treated as (nearly) singular.
 _MAX_LEBESGUE = 1e10
 _MAX_RESIDUAL = 1e-8
@@ -143,18 +144,23 @@ def _solve_chunk(Y, r, rhs, l, m, ids):
     """Assemble and solve the saddle systems of one chunk; check each stencil."""
     c, n, d = Y.shape
     M = n_poly(l, d)
-    K = np.zeros((c, n + M, n + M), dtype=np.float64)
-    # Pairwise distances from the Gram matrix (one batched matmul); tiny negative round-off
-    # clipped. r^m with m >= 5 makes the sqrt's absolute error near 0 irrelevant.
-    sq = r * r
-    D2 = sq[:, :, None] + sq[:, None, :] - 2.0 * np.matmul(Y, Y.transpose(0, 2, 1))
-    np.maximum(D2, 0.0, out=D2)
-    A = np.sqrt(D2)
-    h = (m - 1) // 2
-    Am = D2 if h >= 1 else np.ones_like(D2)
-    for _ in range(h - 1):
-        Am = Am * D2
-    K[:, :n, :n] = Am * A
+    K = np.empty((c, n + M, n + M), dtype=np.float64)
+    K[:, n:, n:] = 0.0
+    # Pairwise squared distances by explicit differences (d is 2 or 3: cheaper and more
+    # accurate than a batched Gram matmul), then r^m = (r^2)^h * r (m odd) written in place
+    # into the A block to avoid temporaries.
+    D2 = np.empty((c, n, n), dtype=np.float64)
+    tmp = np.empty_like(D2)
+    np.subtract(Y[:, :, None, 0], Y[:, None, :, 0], out=D2)
+    np.square(D2, out=D2)
+    for k in range(1, d):
+        np.subtract(Y[:, :, None, k], Y[:, None, :, k], out=tmp)
+        np.square(tmp, out=tmp)
+        D2 += tmp
+    np.sqrt(D2, out=tmp)
+    for _ in range((m - 1) // 2):
+        tmp *= D2
+    K[:, :n, :n] = tmp
     P = poly_values(Y, l)
     K[:, :n, n:] = P
     K[:, n:, :n] = P.transpose(0, 2, 1)
@@ -169,12 +175,15 @@ def _solve_chunk(Y, r, rhs, l, m, ids):
                                  "degenerate nodes, e.g. all on a line/plane); check the cloud "
                                  "with PointCloud.validate() or use a lower order") from None
         raise
-    res = np.abs(np.matmul(K, sol[:, :, None])[:, :, 0] - rhs).max(1)
-    scale = np.abs(K).max((1, 2)) * np.abs(sol).max(1) + np.abs(rhs).max(1)
     w = sol[:, :n]
-    bad = ~np.isfinite(sol).all(1) | (res > _MAX_RESIDUAL * scale)
+    # LU with partial pivoting is backward stable, so the residual says little; what flags a
+    # (nearly) singular stencil is a non-finite result, a violated polynomial constraint
+    # P^T w = L q, or huge weights.
+    res = np.abs(np.einsum("cnm,cn->cm", P, w) - rhs[:, n:]).max(1)
+    scale = np.abs(P).max((1, 2)) * np.abs(w).sum(1) + np.abs(rhs[:, n:]).max(1)
+    bad = ~np.isfinite(sol).all(1) | ~(res <= _MAX_RESIDUAL * scale)
     # Lebesgue-type size of the weights in scaled coordinates (scale-free, O(1..100) normally).
-    leb = np.abs(sol[:, :n]).sum(1) / np.maximum(np.abs(rhs[:, :n]).max(1), 1e-300)
+    leb = np.abs(w).sum(1) / np.maximum(np.abs(rhs[:, :n]).max(1), 1e-300)
     bad |= ~(leb < _MAX_LEBESGUE)
     if bad.any():
         i = int(np.argmax(bad))
@@ -224,9 +233,26 @@ def rbffd_weights(nodes, centers, op, order: int, *, axis=None, normals=None, al
     ids = np.arange(C) if center_ids is None else np.asarray(center_ids)
     M = n_poly(l, d)
     if chunk is None:
-        chunk = max(16, _CHUNK_BYTES // (8 * 3 * (n + M) ** 2))
+        chunk = max(16, _CHUNK_ENTRIES // (n + M) ** 2)
     if tree is None:
         tree = cKDTree(nodes)
+    with _single_threaded_blas():
+        return _weights_loop(nodes, centers, op, tree, ids, chunk, l, m, n)
+
+
+def _single_threaded_blas():
+    """Batched small solves gain nothing from BLAS threads (which thrash above n ~ 100), so limit
+    BLAS to one thread while assembling when threadpoolctl is available."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it, OPENBLAS_NUM_THREADS=1 does the same
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _weights_loop(nodes, centers, op, tree, ids, chunk, l, m, n):
+    C = len(centers)
     idx_out = np.empty((C, n), dtype=np.int64)
     w_out = np.empty((C, n), dtype=np.float64)
     for s in range(0, C, chunk):
