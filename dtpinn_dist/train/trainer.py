@@ -50,6 +50,9 @@ class TrainConfig:
         Network initialisation seed.
     width, depth, activation
         Network shape (paper: 50, 4, tanh).
+    divergence_factor : float
+        Treat a loss above this multiple of the initial loss as divergence (stop, restore the
+        parameters before that step); 0 disables. L-BFGS without line search can blow up.
     verbose : bool
         Progress lines (rank 0 only).
     """
@@ -67,6 +70,7 @@ class TrainConfig:
     width: int = 50
     depth: int = 4
     activation: str = "tanh"
+    divergence_factor: float = 1e6
     verbose: bool = True
 
 
@@ -222,6 +226,15 @@ class Trainer:
                 self._set_flat(good)
                 reason = (f"non-finite loss at step {self.step_count}: stopped and restored the "
                           "last good parameters (try a smaller --lr)")
+                if self.comm.rank == 0:
+                    self.log(reason)
+                break
+            if (cfg.divergence_factor and math.isfinite(self._last_loss)
+                    and self._last_loss > cfg.divergence_factor * self.history[0]["loss"]):
+                self._set_flat(good)
+                reason = (f"diverged at step {self.step_count} (loss {self._last_loss:.3e}): "
+                          "restored the parameters before that step (try --line-search or a "
+                          "smaller --lr)")
                 if self.comm.rank == 0:
                     self.log(reason)
                 break
