@@ -238,6 +238,8 @@ def test_bad_rows_and_operator(clouds):
     c = clouds[2]
     with pytest.raises(ValueError, match=r"rows must lie in 0..%d" % (c.n_boundary - 1)):
         boundary_matrix(c, 3, rows=[c.n_boundary])
+    with pytest.raises(ValueError, match=r"alpha must be a scalar or one value per boundary node"):
+        boundary_matrix(c, 3, alpha=np.ones(3))
     with pytest.raises(ValueError, match="1-D integer array"):
         laplacian_matrix(c, 3, rows=[0.5])
     with pytest.raises(ValueError, match="axis in 0..1"):

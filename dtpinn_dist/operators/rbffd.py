@@ -322,8 +322,14 @@ def boundary_matrix(cloud, order: int, alpha=1.0, beta=1.0, rows=None) -> sp.csr
     the subset ``rows`` of 0..Nb-1); columns ``cloud.nodes``."""
     Nb, Ni = cloud.n_boundary, cloud.n_interior
     rows = _rows(rows, Nb, "boundary")
-    alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (Nb,))[rows]
-    beta = np.broadcast_to(np.asarray(beta, dtype=np.float64), (Nb,))[rows]
+    coefs = []
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim > 1 or (v.ndim == 1 and len(v) != Nb):
+            raise ValueError(f"{name} must be a scalar or one value per boundary node "
+                             f"(length {Nb}), got shape {v.shape}")
+        coefs.append(np.broadcast_to(v, (Nb,))[rows])
+    alpha, beta = coefs
     nodes = cloud.nodes
     idx, w = rbffd_weights(nodes, cloud.boundary[rows], "robin", order,
                            normals=cloud.normals[rows], alpha=alpha, beta=beta,
