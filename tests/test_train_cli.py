@@ -1,0 +1,69 @@
+"""The command line: a small run writes a valid metrics.json; bad input fails cleanly."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "dtpinn_dist.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_smoke_and_refuses_overwrite(tmp_path):
+    out = tmp_path / "run"
+    args = ["--n-points", "150", "--steps", "3", "--eval-every", "1", "--width", "16",
+            "--test-points", "300", "--threads", "1", "--out", str(out)]
+    p = _run(*args)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((out / "metrics.json").read_text())
+    for k in ("settings", "ranks", "steps", "evals", "train_time_s", "eval_time_s",
+              "final_rel_l2", "best_rel_l2", "history"):
+        assert k in doc
+    assert doc["ranks"] == 1 and doc["steps"] == 3 and len(doc["history"]) == 4
+    assert doc["settings"]["dtype"] == "fp64" and doc["settings"]["backend"] == "torch"
+    assert doc["best_rel_l2"] < doc["history"][0]["rel_l2"]
+    assert "step" in p.stdout
+    before = (out / "metrics.json").read_bytes()
+    p2 = _run(*args)
+    assert p2.returncode != 0 and "already exists" in p2.stderr
+    assert "Traceback" not in p2.stderr
+    assert (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--exact", "__import__('os').mkdir('PWNED')"], "not allowed"),
+    (["--exact", "x + w"], "unknown symbol"),
+    (["--f", "1"], "--g"),
+    (["--backend", "cupy"], "cupy"),
+    (["--nodes", "/nonexistent/cloud.npz"], "does not exist"),
+])
+def test_cli_bad_input_one_line(tmp_path, capsys, args, needle):
+    # in-process (main(argv)) to keep the suite fast; the subprocess path is tested above
+    from dtpinn_dist.train.__main__ import main
+    args = [a.replace("PWNED", str(tmp_path / "pwned")) for a in args]
+    if args[:2] == ["--backend", "cupy"]:
+        from dtpinn_dist.operators.cupy_csr import cupy_available
+        if cupy_available()[0]:
+            pytest.skip("cupy present")
+    rc = main(["--n-points", "60", "--steps", "1", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()
+    assert needle.lower() in err.lower()
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_cli_unknown_choice_is_argparse_error(tmp_path, capsys):
+    from dtpinn_dist.train.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(["--problem", "wave", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
