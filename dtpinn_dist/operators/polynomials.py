@@ -38,17 +38,21 @@ def legendre_table(y: np.ndarray, l: int) -> np.ndarray:
     return out
 
 
-def poly_values(y: np.ndarray, l: int) -> np.ndarray:
+def poly_values(y: np.ndarray, l: int, out: np.ndarray | None = None) -> np.ndarray:
     """Basis values q_alpha(y) = prod_k P_{alpha_k}(y_k) for ``y`` of shape (..., d).
 
-    Returns shape (..., M) with M = binom(l + d, d), columns ordered as :func:`multi_indices`.
+    Returns shape (..., M) with M = binom(l + d, d), columns ordered as :func:`multi_indices`;
+    written into ``out`` (any strides) when given.
     """
     d = y.shape[-1]
     alphas = multi_indices(l, d)
-    out = None
-    for k in range(d):
-        tk = legendre_table(y[..., k], l)[..., alphas[:, k]]
-        out = tk if out is None else out * tk
+    tabs = [legendre_table(np.ascontiguousarray(y[..., k]), l) for k in range(d)]
+    if out is None:
+        out = np.empty(y.shape[:-1] + (len(alphas),), dtype=np.float64)
+    np.take(tabs[0], alphas[:, 0], axis=-1, out=out) if d == 1 else np.multiply(
+        np.take(tabs[0], alphas[:, 0], axis=-1), np.take(tabs[1], alphas[:, 1], axis=-1), out=out)
+    for k in range(2, d):
+        out *= np.take(tabs[k], alphas[:, k], axis=-1)
     return out
 
 

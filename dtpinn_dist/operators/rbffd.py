@@ -149,20 +149,20 @@ def _solve_chunk(Y, r, rhs, l, m, ids):
     # Pairwise squared distances by explicit differences (d is 2 or 3: cheaper and more
     # accurate than a batched Gram matmul), then r^m = (r^2)^h * r (m odd) written in place
     # into the A block to avoid temporaries.
+    Yk = [np.ascontiguousarray(Y[:, :, k]) for k in range(d)]  # contiguous per component
     D2 = np.empty((c, n, n), dtype=np.float64)
     tmp = np.empty_like(D2)
-    np.subtract(Y[:, :, None, 0], Y[:, None, :, 0], out=D2)
+    np.subtract(Yk[0][:, :, None], Yk[0][:, None, :], out=D2)
     np.square(D2, out=D2)
     for k in range(1, d):
-        np.subtract(Y[:, :, None, k], Y[:, None, :, k], out=tmp)
+        np.subtract(Yk[k][:, :, None], Yk[k][:, None, :], out=tmp)
         np.square(tmp, out=tmp)
         D2 += tmp
-    np.sqrt(D2, out=tmp)
+    Ka = K[:, :n, :n]
+    np.sqrt(D2, out=Ka)
     for _ in range((m - 1) // 2):
-        tmp *= D2
-    K[:, :n, :n] = tmp
-    P = poly_values(Y, l)
-    K[:, :n, n:] = P
+        np.multiply(Ka, D2, out=Ka)
+    P = poly_values(Y, l, out=K[:, :n, n:])
     K[:, n:, :n] = P.transpose(0, 2, 1)
     try:
         sol = np.linalg.solve(K, rhs[:, :, None])[:, :, 0]
