@@ -92,15 +92,19 @@ class LevenbergMarquardt:
         (``JacobianTooLarge``) and "auto" switches to CG.
     cg_tol, cg_maxiter, cg_probes : float, int, int
         CG relative-residual tolerance, iteration cap, probes for the Jacobi preconditioner.
+    update : {"nielsen", "fixed"}
+        Damping update: Nielsen's gain-ratio rule, or fixed factors (``lam /= down`` on
+        success, ``lam *= up`` on failure).
     """
 
     def __init__(self, lsq, problem=None, system=None, *, step: str = "auto",
-                 form: str = "auto", damping: str = "marquardt", lam0: float = 1e-3,
+                 form: str = "auto", damping: str = "levenberg", lam0: float = 1e-3,
                  lam_min: float = 1e-15, lam_max: float = 1e16, max_rejects: int = 30,
                  gtol: float = 0.0, xtol: float = 1e-15, ftol: float = 0.0, rtol: float = 0.0,
                  max_steps: int | None = None, time_budget: float | None = None,
                  memory_budget: float = 4e9, cg_tol: float = 1e-3, cg_maxiter: int = 200,
-                 cg_probes: int = 8):
+                 cg_probes: int = 8, update: str = "fixed", down: float = 5.0,
+                 up: float = 3.0):
         if not isinstance(lsq, LeastSquaresProblem):
             if problem is None or system is None:
                 raise ValueError("give a LeastSquaresProblem, or (model, problem, system)")
@@ -111,6 +115,9 @@ class LevenbergMarquardt:
             raise ValueError(f"unknown normal-equation form {form!r}: 'auto', 'primal', 'dual'")
         if damping not in ("marquardt", "levenberg"):
             raise ValueError(f"unknown damping {damping!r}: use 'marquardt' or 'levenberg'")
+        if update not in ("nielsen", "fixed"):
+            raise ValueError(f"unknown damping update {update!r}: use 'nielsen' or 'fixed'")
+        self.update, self.down, self.up = update, float(down), float(up)
         self.lsq = lsq
         self.comm = lsq.comm
         if form == "dual" and self.comm.size > 1:
@@ -201,18 +208,25 @@ class LevenbergMarquardt:
         floor = 1e-12 * float(diag.max()) if diag.numel() else 0.0
         diag = torch.clamp(diag, min=max(floor, 1e-300))
         if self.damping == "levenberg":
-            if self.D is None:
-                self.D = torch.full_like(diag, float(diag.max()))
+            if self.D is None:  # c I with c = mean squared column norm = trace(J^T J) / P
+                self.D = torch.full_like(diag, float(diag.mean()))
         else:
             self.D = diag if self.D is None else torch.maximum(self.D, diag)
 
     def _accept_update(self, rho):
-        self.lam = max(self.lam_min, self.lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3))
+        if self.update == "nielsen":
+            f = max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+        else:  # "fixed": Marquardt's constant factors (down on every success)
+            f = 1.0 / self.down
+        self.lam = max(self.lam_min, self.lam * f)
         self.nu = 2.0
 
     def _reject_update(self):
-        self.lam = min(self.lam * self.nu, 10 * self.lam_max)
-        self.nu *= 2.0
+        if self.update == "nielsen":
+            self.lam = min(self.lam * self.nu, 10 * self.lam_max)
+            self.nu *= 2.0
+        else:
+            self.lam = min(self.lam * self.up, 10 * self.lam_max)
 
     # ------------------------------------------------------------------ one iteration
     def step(self, closure=None):
@@ -228,7 +242,37 @@ class LevenbergMarquardt:
         kind = self.resolve_step()
         lsq, comm = self.lsq, self.comm
         theta = lsq.get_params()
-        if kind == "dense":
+        gram = None
+        if kind == "dense" and self.damping == "levenberg" and self.comm.size == 1 \
+                and self.form != "primal" and hasattr(lsq, "gram"):
+            m, p = lsq.jacobian_shape()
+            if self._use_dual(m, p):
+                gram = lsq.gram(theta)
+        if gram is not None:
+            # J J^T from the network's tangent kernel, J never formed (serial, D = c I)
+            r, G, jt = gram
+            self.jac_evals += 1
+            self.evals += 1
+            F = self._loss(r)
+            g = jt(r)
+            if self.D is None:
+                self.D = torch.full_like(g, float(torch.trace(G)) / g.numel())
+            c = float(self.D[0])
+            eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+            solve_info = {}
+            cache = {}
+
+            def solve(lam):
+                Lc, info = torch.linalg.cholesky_ex(G + (lam * c) * eye)
+                if int(info) != 0:
+                    return None
+                z = torch.cholesky_solve(r[:, None], Lc)[:, 0]
+                cache["z"] = z
+                return -jt(z)
+
+            def jac_vec(v):
+                return -(G @ cache["z"])  # J p = -J J^T z for the p of the last solve
+        elif kind == "dense":
             r, J = lsq.jacobian(theta)
             self.jac_evals += 1
             self.evals += 1
