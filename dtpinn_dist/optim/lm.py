@@ -98,7 +98,7 @@ class LevenbergMarquardt:
     """
 
     def __init__(self, lsq, problem=None, system=None, *, step: str = "auto",
-                 form: str = "auto", damping: str = "levenberg", lam0: float = 1e-3,
+                 form: str = "auto", damping: str = "levenberg", lam0: float = 1.0,
                  lam_min: float = 1e-15, lam_max: float = 1e16, max_rejects: int = 30,
                  gtol: float = 0.0, xtol: float = 1e-15, ftol: float = 0.0, rtol: float = 0.0,
                  max_steps: int | None = None, time_budget: float | None = None,
