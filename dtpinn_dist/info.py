@@ -25,24 +25,11 @@ def _petsc_report() -> list[str]:
     return [
         f"PETSc         : {major}.{minor}.{sub} (petsc4py {petsc4py.__version__}) "
         f"at {cfg.get('PETSC_DIR', '?')} {cfg.get('PETSC_ARCH', '')}".rstrip(),
-        f"  MPI         : {'yes' if has('mpi') or _petsc_has_mpi() else 'no (MPIUNI)'}",
+        f"  MPI         : {'yes' if has('mpi') else 'no (MPIUNI: one process only)'}",
         f"  CUDA        : {'yes' if has('cuda') else 'no'} (GPU matrices: -mat_type aijcusparse -vec_type cuda)",
         f"  partitioner : {', '.join(partitioners) if partitioners else 'none (space-filling curve fallback)'}",
         f"  scalar      : {PETSc.ScalarType.__name__}, index {PETSc.IntType.__name__}",
     ]
-
-
-def _petsc_has_mpi() -> bool:
-    from petsc4py import PETSc
-
-    # MPIUNI builds report a 1-process world whatever the launcher says; a real MPI build knows
-    # its MPI library version string.
-    try:
-        from mpi4py import MPI
-
-        return bool(MPI.Get_library_version())
-    except Exception:
-        return PETSc.COMM_WORLD.getSize() >= 1 and False
 
 
 def _mpi_report() -> list[str]:
