@@ -213,8 +213,11 @@ def mlp_ntk(factors) -> torch.Tensor:
         aa = a @ a.T
         if m.bias is not None:
             aa += 1.0
-        term = (delta @ delta.T) * aa
-        K = term if K is None else K + term
+        dd = delta @ delta.T
+        if K is None:
+            K = dd.mul_(aa)
+        else:
+            K.addcmul_(dd, aa)  # in place: n x n temporaries are the cost here
     return K
 
 
