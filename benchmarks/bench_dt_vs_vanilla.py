@@ -10,6 +10,7 @@ time-bounded training, the best test error and the training time to reach it.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from dtpinn_dist.operators.torch_csr import serial_system
 from dtpinn_dist.problems import make_problem, manufactured
 from dtpinn_dist.train import TrainConfig, Trainer
 
-REF = Path(__file__).resolve().parents[1] / "shared" / "reference"
-if not (REF / "DiskPoissonNodes.mat").exists():
-    REF = Path("/work/shared/reference")
+# shared/reference beside the repository, or $DTPINN_REFERENCE_DIR
+REF = Path(os.environ.get("DTPINN_REFERENCE_DIR",
+                          Path(__file__).resolve().parents[2] / "shared" / "reference"))
 
 
 def get_cloud(n: int):

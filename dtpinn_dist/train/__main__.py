@@ -22,9 +22,9 @@ class UserError(Exception):
 
 
 def _reference_dir() -> Path | None:
+    # $DTPINN_REFERENCE_DIR, else shared/reference beside the repository (the project layout)
     cands = [os.environ.get("DTPINN_REFERENCE_DIR"),
-             Path(__file__).resolve().parents[2] / "shared" / "reference",
-             "/work/shared/reference"]
+             Path(__file__).resolve().parents[3] / "shared" / "reference"]
     for c in cands:
         if c and (Path(c) / AUTHORS_FILE).exists():
             return Path(c)
