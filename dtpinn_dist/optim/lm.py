@@ -372,8 +372,9 @@ class LevenbergMarquardt:
                 rec["loss"] = F
         self.steps += 1
         self.elapsed += time.perf_counter() - t0
+        # time and time_s (the trainer's key): LM training time so far, metrics excluded
         rec.update(lam=self.lam, rejects=rejects, evals=self.evals, jac_evals=self.jac_evals,
-                   time=self.elapsed, **solve_info)
+                   time=self.elapsed, time_s=self.elapsed, **solve_info)
         rec.setdefault("loss", F)
         self.history.append(rec)
         return torch.tensor(self.last_loss, dtype=torch.float64)
