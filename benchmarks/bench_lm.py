@@ -12,8 +12,8 @@ Cases (``--cases``, comma separated):
 Test error: relative L2 on the authors' 21748-node test set (DiskPoissonNodesLarge.mat), for
 heat on the collocation nodes of all time slices (as the paper). L-BFGS is the trainer's
 (torch L-BFGS, history 100, 20 iterations per step, strong-Wolfe line search with lr 1: the
-paper's fixed learning rate without line search diverges at the first step here). Times are training time only (metric
-evaluation excluded). DeepXDE is reported when importable (it is not installed here).
+paper's fixed learning rate without line search diverges at the first step here). Times are
+training time only (metric evaluation excluded). DeepXDE is reported when importable (it is not installed here).
 
 Usage::
 
