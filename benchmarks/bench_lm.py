@@ -116,6 +116,8 @@ def case_poisson(name, path, n, target, args, kind="poisson"):
     if kind == "poisson":
         out["direct_solve_rel_l2_nodes"] = direct_solve_error(cloud, system, prob)
     t = time.perf_counter()
+    if args.lm_steps <= 0:  # L-BFGS only
+        return _lbfgs_part(name, prob, system, target, args, out)
     hist, lm = run_lm(prob, system, args.lm_steps, args.lm_time, step=args.lm_step)
     wall = time.perf_counter() - t
     out["lm"] = {"steps": lm.steps, "final_rel_l2": hist[-1]["rel_l2"],
@@ -127,14 +129,7 @@ def case_poisson(name, path, n, target, args, kind="poisson"):
     print(f"[{name}] LM: {lm.steps} steps, final rel L2 {fmt(out['lm']['final_rel_l2'])}, "
           f"train {lm.elapsed:.1f}s, to {target:g}: {fmt(out['lm']['time_to_target_s'], '.1f')}s",
           flush=True)
-    if args.lbfgs_time > 0:
-        hist_b, res = run_lbfgs(prob, system, args.lbfgs_time)
-        out["lbfgs"] = {"steps": res.steps, "final_rel_l2": res.final_rel_l2,
-                        "best_rel_l2": res.best_rel_l2, "train_time_s": res.train_time_s,
-                        "time_to_target_s": first_time_below(hist_b, target, "time_s")}
-        print(f"[{name}] L-BFGS: {res.steps} steps, best rel L2 {fmt(res.best_rel_l2)}, train "
-              f"{res.train_time_s:.1f}s, to {target:g}: "
-              f"{fmt(out['lbfgs']['time_to_target_s'], '.1f')}s", flush=True)
+    _lbfgs_part(name, prob, system, target, args, out)
     if "direct_solve_rel_l2_nodes" in out:
         d = out["direct_solve_rel_l2_nodes"]
         out["lm_within_3x_direct"] = out["lm"]["best_rel_l2"] <= 3 * d
@@ -147,6 +142,19 @@ def case_poisson(name, path, n, target, args, kind="poisson"):
             out["deepxde"] = "importable, not run by this script"
         except ImportError:
             out["deepxde"] = "not installed: skipped (reference figure from issue 6)"
+    return out
+
+
+def _lbfgs_part(name, prob, system, target, args, out):
+    if args.lbfgs_time > 0:
+        hist_b, res = run_lbfgs(prob, system, args.lbfgs_time)
+        out["lbfgs"] = {"steps": res.steps, "final_rel_l2": res.final_rel_l2,
+                        "best_rel_l2": res.best_rel_l2, "train_time_s": res.train_time_s,
+                        "time_to_target_s": first_time_below(hist_b, target, "time_s"),
+                        "stop": res.stop_reason}
+        print(f"[{name}] L-BFGS: {res.steps} steps, best rel L2 {fmt(res.best_rel_l2)}, train "
+              f"{res.train_time_s:.1f}s, to {target:g}: "
+              f"{fmt(out['lbfgs']['time_to_target_s'], '.1f')}s", flush=True)
     return out
 
 
