@@ -72,7 +72,7 @@ def graph_partition(cloud, nparts: int, method: str = "ptscotch", comm=None, ord
                               csr=(A.indptr.astype(IntType), A.indices.astype(IntType), A.data))
     G.assemble()
     # Partitioners need an undirected graph; k-nearest-neighbour stencils are not symmetric.
-    S = G.transpose()
+    S = G.transpose(PETSc.Mat())  # a new Mat: transpose() without one works in place
     S.axpy(1.0, G, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
 
     part = PETSc.MatPartitioning().create(comm=pcomm)
@@ -82,7 +82,7 @@ def graph_partition(cloud, nparts: int, method: str = "ptscotch", comm=None, ord
     # whatever the user had there.
     opts = PETSc.Options()
     key = "mat_partitioning_nparts"
-    prev = opts.getString(key, None)
+    prev = opts.getString(key) if opts.hasName(key) else None
     opts.setValue(key, str(int(nparts)))
     try:
         part.setFromOptions()
