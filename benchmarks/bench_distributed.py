@@ -1,0 +1,96 @@
+"""Time per L-BFGS step of a DT-PINN, serial vs distributed (PETSc MPIAIJ), issue 5 figures.
+
+    python benchmarks/bench_distributed.py --backend torch          # 1 process, torch CSR
+    python benchmarks/bench_distributed.py --backend petsc          # 1 rank, PETSc
+    mpirun -n 2 python benchmarks/bench_distributed.py --backend petsc
+    ... -log_view                                                   # PETSc's event log
+
+Cloud: the authors' N = 19638 disk (DiskPoissonNodesLarge.mat) by default; paper network
+(4 x 50 tanh, 7851 parameters), torch L-BFGS without line search, max_iter 20 (one step = up to 25
+closure evaluations), linear Poisson. Steps run for a fixed number of closure evaluations so the
+work is the same at every rank count. Prints one JSON line (rank 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mat", default=str(REPO.parent / "shared/reference/DiskPoissonNodesLarge.mat"))
+    ap.add_argument("--n", type=int, default=19638, help="N = Ni + Nb of the node set")
+    ap.add_argument("--order", type=int, default=4)
+    ap.add_argument("--backend", default="petsc", choices=["petsc", "torch"])
+    ap.add_argument("--kind", default="poisson")
+    ap.add_argument("--steps", type=int, default=3, help="timed L-BFGS steps (after 1 warm-up)")
+    ap.add_argument("--partitioner", default="auto")
+    ap.add_argument("--json", default=None)
+    args, _petsc_opts = ap.parse_known_args(argv)  # unknown args (-log_view ...) are PETSc's
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from dtpinn_dist.distributed.comm import get_comm
+    from dtpinn_dist.geometry import load_mat
+    from dtpinn_dist.problems import make_problem, manufactured
+    from dtpinn_dist.train.trainer import TrainConfig, Trainer
+
+    comm = get_comm("auto")
+    if args.backend == "petsc":
+        from dtpinn_dist.distributed.assembly import init_petsc
+
+        init_petsc(_petsc_opts)
+    t0 = time.perf_counter()
+    cloud = load_mat(args.mat, n=args.n)
+    if args.backend == "torch":
+        if comm.size > 1:
+            sys.exit("--backend torch is single-process")
+        from dtpinn_dist.operators.torch_csr import serial_system
+
+        system = serial_system(cloud, args.order)
+    else:
+        from dtpinn_dist.distributed.assembly import distributed_system
+
+        system = distributed_system(cloud, args.order, comm, partitioner=args.partitioner)
+    t_setup = time.perf_counter() - t0
+    prob = make_problem(manufactured(args.kind), "dt")
+    cfg = TrainConfig(steps=10 ** 6, eval_every=0, verbose=False)
+    tr = Trainer(prob, system, cfg)
+    evals = []
+
+    def closure():
+        loss = tr.closure()
+        evals.append(time.perf_counter())
+        return loss
+
+    tr.optimizer.step(closure)  # warm-up (first products create PETSc's scatter / dense blocks)
+    comm.barrier()
+    n0 = len(evals)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        tr.optimizer.step(closure)
+    comm.barrier()
+    t_steps = time.perf_counter() - t0
+    n_evals = len(evals) - n0
+    info = system.info
+    out = {"backend": args.backend, "ranks": comm.size, "n_nodes": cloud.n_nodes,
+           "order": args.order, "params": sum(p.numel() for p in tr.params),
+           "setup_s": round(t_setup, 3), "steps": args.steps, "closure_evals": n_evals,
+           "time_per_step_s": t_steps / args.steps, "time_per_eval_s": t_steps / max(n_evals, 1),
+           "loss": tr._last_loss, "halo": info.get("halo"), "owned": info.get("owned"),
+           "partitioner": info.get("partitioner")}
+    if comm.rank == 0:
+        print(json.dumps(out), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

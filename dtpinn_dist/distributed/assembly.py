@@ -1,0 +1,234 @@
+"""Distributed assembly: partition the cloud, compute RBF-FD weights only for the rows this rank
+owns, and fill PETSc MPIAIJ matrices L and B in the partition's numbering (issue 2 §4, issue 5).
+
+Every rank holds the same cloud (loaded or generated identically, or broadcast from rank 0 with
+:func:`bcast_cloud`); the partition is computed collectively and is identical everywhere; then
+each rank works on its own rows only (the expensive part, the local RBF-FD solves, is split
+``size`` ways) and PETSc assembles the global matrices from the local CSR blocks with exact
+preallocation (no communication but the layout setup, since every row is set by its owner).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..operators.system import DiscreteSystem
+from .comm import MPIComm, SerialComm
+
+__all__ = ["distributed_system", "init_petsc", "petsc_aij", "bcast_cloud", "local_rows_csr"]
+
+
+def init_petsc(argv: list[str] | None = None):
+    """Import PETSc, initialising it with ``argv`` (PETSc-style options such as
+    ``['-log_view', '-mat_type', 'aijcusparse']``). Options also come from the ``PETSC_OPTIONS``
+    environment variable, the way to pass them through a CLI whose own parser would reject them:
+    ``PETSC_OPTIONS="-log_view" mpirun -n 2 python -m dtpinn_dist.train ...``. ``sys.argv`` is NOT
+    passed by default (PETSc would report the application's own flags as unused options).
+    A no-op once PETSc is imported. Collective on the first call (PetscInitialize)."""
+    if "petsc4py.PETSc" not in sys.modules:
+        import petsc4py
+
+        petsc4py.init([sys.argv[0] if sys.argv else "dtpinn"] + list(argv or []))
+    from petsc4py import PETSc
+
+    return PETSc
+
+
+def _as_comm(comm):
+    """MPIComm / SerialComm from None, one of those, or an mpi4py communicator."""
+    if comm is None:
+        from .comm import get_comm
+
+        return get_comm("auto")
+    if isinstance(comm, (MPIComm, SerialComm)):
+        return comm
+    if hasattr(comm, "Get_size"):
+        return MPIComm(comm)
+    return comm
+
+
+def bcast_cloud(cloud, comm):
+    """The root's cloud on every rank (collective). Use when only rank 0 reads or generates it."""
+    comm = _as_comm(comm)
+    return comm.bcast(cloud if comm.rank == 0 else None, root=0)
+
+
+def petsc_aij(local: sp.csr_matrix, row_sizes: tuple[int, int], col_sizes: tuple[int, int],
+              comm, name: str, options_prefix: str | None = None):
+    """A PETSc AIJ matrix from this rank's rows (CSR with GLOBAL column indices).
+
+    Type from the options database (``-mat_type``; AIJ = SeqAIJ/MPIAIJ by default), exact
+    preallocation from the CSR (``Mat{Seq,MPI}AIJSetPreallocationCSR`` inserts the values and
+    assembles). Collective over ``comm``.
+    """
+    PETSc = init_petsc()
+    local = sp.csr_matrix(local)
+    local.sort_indices()
+    IntType = PETSc.IntType
+    mat = PETSc.Mat().create(comm=comm)
+    mat.setName(name)
+    mat.setSizes((tuple(int(s) for s in row_sizes), tuple(int(s) for s in col_sizes)))
+    mat.setType(PETSc.Mat.Type.AIJ)
+    if options_prefix:
+        mat.setOptionsPrefix(options_prefix)
+    mat.setFromOptions()
+    mat.setPreallocationCSR((local.indptr.astype(IntType), local.indices.astype(IntType),
+                             np.ascontiguousarray(local.data, dtype=PETSc.ScalarType)))
+    mat.assemble()
+    return mat
+
+
+def local_rows_csr(builder, cloud, order, rows: np.ndarray, n_total_rows: int, **kw) -> sp.csr_matrix:
+    """Rows ``rows`` of an RBF-FD operator, computing weights for those rows only.
+
+    ``builder`` is ``rbffd.laplacian_matrix`` or ``rbffd.boundary_matrix``; accepts either
+    return convention (``len(rows)`` rows, or all rows with only ``rows`` filled)."""
+    A = sp.csr_matrix(builder(cloud, order, rows=rows, **kw))
+    if A.shape[0] == len(rows):
+        return A
+    if A.shape[0] == n_total_rows:
+        return A[rows]
+    raise ValueError(f"{getattr(builder, '__name__', builder)} returned {A.shape[0]} rows for "
+                     f"{len(rows)} requested rows (operator has {n_total_rows})")
+
+
+def _remap_columns(A: sp.csr_matrix, new_index: np.ndarray) -> sp.csr_matrix:
+    A = sp.csr_matrix(A)
+    out = sp.csr_matrix((A.data.astype(np.float64), new_index[A.indices], A.indptr.copy()),
+                        shape=A.shape)
+    out.sort_indices()
+    return out
+
+
+def _split_test(test: np.ndarray | None, n_test: int | None, size: int, rank: int):
+    if test is None:
+        return None
+    test = np.asarray(test, dtype=np.float64)
+    if n_test is not None:
+        if n_test < 0:
+            raise ValueError(f"n_test must be >= 0, got {n_test}")
+        test = test[:n_test]
+    if size == 1:
+        return test
+    from ..partition import sfc_order, split_weighted
+
+    # Evaluation needs no communication but a sum: any even split works; a curve split keeps
+    # each rank's test points near its nodes (nice for plots), at no cost.
+    o = sfc_order(test) if len(test) else np.zeros(0, np.int64)
+    off = split_weighted(np.ones(len(test)), size)
+    return test[np.sort(o[off[rank]:off[rank + 1]])]
+
+
+def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: float = 1.0,
+                       dtype: torch.dtype = torch.float64, partitioner: str = "auto",
+                       n_test: int | None = None, device="cpu", L=None, B=None,
+                       partition=None, options_prefix: str | None = None,
+                       explicit_transpose: bool = True) -> DiscreteSystem:
+    """This rank's :class:`DiscreteSystem` with PETSc MPIAIJ operators. Collective.
+
+    Parameters
+    ----------
+    cloud : PointCloud
+        Identical on every rank (see :func:`bcast_cloud`); ghosts are added if missing.
+    order : int
+        RBF-FD order p.
+    comm : MPIComm, SerialComm, mpi4py communicator or None (``get_comm('auto')``)
+    alpha, beta : float
+        Robin operator ``alpha d/dn + beta`` of B.
+    dtype : torch.dtype
+        float64 (PETSc's scalar); float32 works through casts (vanilla PINNs).
+    partitioner : str
+        :func:`dtpinn_dist.partition.partition_cloud` method ('auto', 'ptscotch', 'parmetis',
+        'hilbert', 'morton', 'block').
+    n_test : int, optional
+        Use the first ``n_test`` of ``cloud.test``; they are split over the ranks (each rank
+        evaluates the error on its share; sum with ``comm.sum``).
+    L, B : scipy sparse, optional
+        Whole operators in cloud numbering (rows Ni+Nb resp. Nb, columns ``cloud.nodes``), e.g.
+        precomputed; each rank takes its rows. When omitted each rank computes the RBF-FD weights
+        of its own rows only.
+    partition : Partition, optional
+        Use this partition (must have ``comm.size`` parts) instead of computing one.
+    options_prefix : str, optional
+        PETSc options prefix for both matrices (default none, so ``-mat_type`` applies).
+
+    Returns
+    -------
+    DiscreteSystem
+        ``nodes`` = this rank's nodes in local order (owned interior, boundary, ghost; each in
+        ascending cloud index), ``row_index = arange(ni + nb)``, ``boundary_index =
+        arange(ni, ni + nb)``, ``interior_index = arange(ni)`` (all local), global counts, and
+        ``info`` with the partition and halo figures (identical on all ranks).
+    """
+    from ..partition import Partition, partition_cloud
+
+    comm = _as_comm(comm)
+    if dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"the PETSc backend supports float64 (and float32 by casting); got "
+                         f"dtype={dtype}")
+    if int(order) < 1:
+        raise ValueError(f"order must be a positive integer, got {order}")
+    cloud.validate()
+    if cloud.ghost is None:
+        cloud = cloud.with_ghost()
+    PETSc = init_petsc()
+    pcomm = comm.comm if isinstance(comm, MPIComm) else PETSc.COMM_SELF
+    rank, size = comm.rank, comm.size
+    ni, nb, n = cloud.n_interior, cloud.n_boundary, cloud.n_nodes
+
+    if partition is None:
+        partition = partition_cloud(cloud, size, method=partitioner, comm=comm, order=order)
+    elif not isinstance(partition, Partition) or partition.nparts != size:
+        raise ValueError(f"partition must be a Partition with {size} parts (one per rank)")
+    P = partition
+    rows_L, rows_B = P.L_rows(rank), P.B_rows(rank)
+
+    if L is None or B is None:
+        from ..operators import rbffd
+
+        L_loc = local_rows_csr(rbffd.laplacian_matrix, cloud, order, rows_L, ni + nb)
+        B_loc = local_rows_csr(rbffd.boundary_matrix, cloud, order, rows_B, nb,
+                               alpha=alpha, beta=beta)
+    else:
+        L, B = sp.csr_matrix(L), sp.csr_matrix(B)
+        if L.shape != (ni + nb, n) or B.shape != (nb, n):
+            raise ValueError(f"operator shapes L{L.shape}, B{B.shape} do not match the cloud "
+                             f"(expected L ({ni + nb}, {n}) and B ({nb}, {n}))")
+        L_loc, B_loc = L[rows_L], B[rows_B]
+    L_loc = _remap_columns(L_loc, P.new_index)
+    B_loc = _remap_columns(B_loc, P.new_index)
+
+    n_loc = int(P.offsets[rank + 1] - P.offsets[rank])
+    cols = (n_loc, n)
+    from .petsc_operator import PETScOperator
+
+    Lm = petsc_aij(L_loc, (len(rows_L), ni + nb), cols, pcomm, "L", options_prefix)
+    Bm = petsc_aij(B_loc, (len(rows_B), nb), cols, pcomm, "B", options_prefix)
+    Lop = PETScOperator(Lm, dtype=dtype, device=device, explicit_transpose=explicit_transpose, name="L")
+    Bop = PETScOperator(Bm, dtype=dtype, device=device, explicit_transpose=explicit_transpose, name="B")
+
+    nodes_idx = P.owned_nodes(rank)
+    i_loc, b_loc = int(P.n_interior[rank]), int(P.n_boundary[rank])
+    halo_L, halo_B = Lop.halo_size(), Bop.halo_size()
+    # Halo of the rank = distinct off-rank columns of L and B together.
+    both = np.unique(np.concatenate([Lop.to_scipy_local().indices, Bop.to_scipy_local().indices]))
+    c0, c1 = int(P.offsets[rank]), int(P.offsets[rank + 1])
+    halo = int(np.count_nonzero((both < c0) | (both >= c1)))
+    halos = comm.allgather(halo)
+    info = {"backend": "petsc", "order": int(order), "n_nodes": int(n), "ranks": int(size),
+            "rank": int(rank), "partitioner": P.method, "owned": [int(s) for s in P.sizes()],
+            "halo": [int(h) for h in halos],
+            "halo_fraction": float(sum(halos) / max(n, 1)),
+            "local_halo_L": halo_L, "local_halo_B": halo_B,
+            "mat_type": Lop.mat_type, "partition": P}
+    return DiscreteSystem(
+        nodes=np.ascontiguousarray(cloud.nodes[nodes_idx]),
+        row_index=np.arange(i_loc + b_loc), boundary_index=np.arange(i_loc, i_loc + b_loc),
+        interior_index=np.arange(i_loc),
+        normals=np.ascontiguousarray(cloud.normals[P.boundary_ids[rank]], dtype=np.float64),
+        L=Lop, B=Bop, n_rows_L=ni + nb, n_rows_B=nb, n_interior=ni, comm=comm,
+        test_points=_split_test(cloud.test, n_test, size, rank),
+        alpha=float(alpha), beta=float(beta), info=info)
