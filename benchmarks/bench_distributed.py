@@ -6,8 +6,8 @@
     ... -log_view                                                   # PETSc's event log
 
 Cloud: the authors' N = 19638 disk (DiskPoissonNodesLarge.mat) by default; paper network
-(4 x 50 tanh, 7851 parameters), torch L-BFGS without line search, max_iter 20 (one step = up to 25
-closure evaluations), linear Poisson. Steps run for a fixed number of closure evaluations so the
+(4 x 50 tanh, 7851 parameters), torch L-BFGS with strong-Wolfe line search (the CLI default),
+max_iter 20 (one step = up to 25 closure evaluations), linear Poisson. Steps run for a fixed number of closure evaluations so the
 work is the same at every rank count. Prints one JSON line (rank 0).
 """
 from __future__ import annotations
@@ -31,6 +31,9 @@ def main(argv=None):
     ap.add_argument("--kind", default="poisson")
     ap.add_argument("--steps", type=int, default=3, help="timed L-BFGS steps (after 1 warm-up)")
     ap.add_argument("--partitioner", default="auto")
+    ap.add_argument("--no-line-search", action="store_true",
+                    help="the paper's L-BFGS (lr 0.04, no line search; diverges at this N); "
+                         "default: strong-Wolfe, as the CLI")
     ap.add_argument("--json", default=None)
     args, _petsc_opts = ap.parse_known_args(argv)  # unknown args (-log_view ...) are PETSc's
 
@@ -61,7 +64,8 @@ def main(argv=None):
         system = distributed_system(cloud, args.order, comm, partitioner=args.partitioner)
     t_setup = time.perf_counter() - t0
     prob = make_problem(manufactured(args.kind), "dt")
-    cfg = TrainConfig(steps=10 ** 6, eval_every=0, verbose=False)
+    cfg = TrainConfig(steps=10 ** 6, eval_every=0, verbose=False,
+                      line_search=not args.no_line_search)
     tr = Trainer(prob, system, cfg)
     evals = []
 
