@@ -218,3 +218,25 @@ def test_failure_on_one_rank_ends_job(mpirun, tmp_path, shared_reference, n, mod
     want = {"file": f"rank {n - 1}: error:", "nan": "rank 1: error: FloatingPointError: non-finite",
             "same": "error: order must be a positive integer"}[mode]
     assert want in err, err[-2000:]
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_cli_under_mpirun(mpirun, tmp_path, n):
+    """``mpirun -n K python -m dtpinn_dist.train``: PETSc backend, one set of output lines
+    (rank 0 only), metrics.json records the rank count, same result as serial."""
+    import json
+    import subprocess
+
+    args = ["--steps", "2", "--eval-every", "2", "--width", "20", "--depth", "2"]
+    res = mpirun(n, [sys.executable, "-m", "dtpinn_dist.train", *args, "--out", tmp_path / "mpi"],
+                 timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("final rel_l2") == 1 and res.stdout.count("stopped:") == 1
+    assert "backend petsc" in res.stdout and f"{n} rank(s)" in res.stdout
+    m = json.loads((tmp_path / "mpi" / "metrics.json").read_text())
+    assert m["ranks"] == n
+    ser = subprocess.run([sys.executable, "-m", "dtpinn_dist.train", *args, "--out",
+                          str(tmp_path / "serial")], capture_output=True, text=True, timeout=180)
+    assert ser.returncode == 0, ser.stderr[-3000:]
+    s = json.loads((tmp_path / "serial" / "metrics.json").read_text())
+    assert abs(m["final_loss"] - s["final_loss"]) <= 1e-6 * abs(s["final_loss"])
