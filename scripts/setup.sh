@@ -67,6 +67,8 @@ fi
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+# PETSc's pip build fixes its library paths with patchelf
+[ -z "${PETSC_DIR:-}" ] && ! command -v patchelf >/dev/null 2>&1 && need_pkgs+=(patchelf)
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
   || need_pkgs+=(python3-dev)

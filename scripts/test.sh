@@ -20,7 +20,7 @@ status=0
 for n in 2 3 4; do
   echo "== MPI tests on $n ranks"
   set +e
-  timeout -k 10 "$mpi_timeout" mpirun -n "$n" "$py" -m pytest -m mpi -q -p no:cacheprovider tests "$@"
+  timeout -k 10 "$mpi_timeout" mpirun -n "$n" "$py" -m pytest -m mpi -q --color=no -p no:cacheprovider tests "$@"
   rc=$?
   set -e
   # pytest exits 5 when nothing was selected: not a failure of the MPI pass itself.

@@ -240,3 +240,26 @@ def test_cli_under_mpirun(mpirun, tmp_path, n):
     assert ser.returncode == 0, ser.stderr[-3000:]
     s = json.loads((tmp_path / "serial" / "metrics.json").read_text())
     assert abs(m["final_loss"] - s["final_loss"]) <= 1e-6 * abs(s["final_loss"])
+
+
+def test_cli_error_on_rank0_only_ends_job(mpirun, tmp_path):
+    """Only rank 0 claims --out: an existing metrics.json must end every rank, not hang them."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    t0 = time.time()
+    res = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", "--n-points", "80", "--steps", "1",
+                     "--out", out], timeout=90)
+    assert res.returncode != 0
+    assert time.time() - t0 < 60
+    assert "rank 0: error:" in res.stderr and "already exists" in res.stderr
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_cli_petsc_options_pass_through(mpirun, tmp_path):
+    """PETSc options on the trainer's command line reach PETSc (-log_view prints MatMult)."""
+    res = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", "--n-points", "200", "--steps", "1",
+                     "--width", "10", "--depth", "2", "--order", "3", "--quiet",
+                     "--out", tmp_path / "lv", "-log_view"], timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "MatMult " in res.stdout and "MatMultTranspose" in res.stdout

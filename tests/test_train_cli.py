@@ -67,3 +67,39 @@ def test_cli_unknown_choice_is_argparse_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--problem", "wave", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_schedule_lbfgs_then_lm(tmp_path):
+    """``--schedule lbfgs:N,lm:M`` runs both phases in order and LM lowers the loss further."""
+    from dtpinn_dist.train.__main__ import main
+    out = tmp_path / "sched"
+    rc = main(["--n-points", "200", "--order", "3", "--width", "12", "--depth", "2",
+               "--test-points", "300", "--threads", "1", "--eval-every", "1", "--quiet",
+               "--schedule", "lbfgs:2,lm:4", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    hist = doc["history"]
+    assert doc["settings"]["schedule"] == "lbfgs:2,lm:4"
+    assert 3 <= doc["steps"] <= 6
+    after_lbfgs = next(h for h in hist if h["step"] == 2)["loss"]
+    assert hist[-1]["loss"] < 0.5 * after_lbfgs
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--optimizer", "lm", "--method", "vanilla"], "--method dt"),
+    (["--schedule", "lbfgs:3,newton:2"], "schedule"),
+    (["-log_view", "--backend", "torch"], "--backend petsc"),
+])
+def test_cli_optimizer_choice_errors(tmp_path, capsys, args, needle):
+    from dtpinn_dist.train.__main__ import main
+    rc = main(["--n-points", "60", "--steps", "1", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert rc != 0 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_cli_unknown_double_dash_flag_is_rejected(tmp_path, capsys):
+    from dtpinn_dist.train.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(["--bogus-flag", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "unrecognized" in capsys.readouterr().err

@@ -17,7 +17,7 @@ AUTHORS_TEST_FILE = "DiskPoissonNodesLarge.mat"
 DEFAULT_N = 1663
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input: reported as one line, exit status 2."""
 
 
@@ -54,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--bc", choices=["robin", "dirichlet", "neumann"], default="robin")
     a("--nt", type=int, default=24, help="heat: time steps Nt (Nt+1 slices)")
     a("--t-final", type=float, default=1.0)
-    a("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
+    a("--optimizer", choices=["lbfgs", "adam", "lm"], default="lbfgs",
+      help="lm = Levenberg-Marquardt (DT-PINNs only; reaches the discretisation error)")
+    a("--schedule", default=None,
+      help="optimizer phases, e.g. 'lbfgs:300,lm:100' (overrides --optimizer and --steps)")
+    a("--lm-step", choices=["auto", "dense", "cg"], default="auto",
+      help="LM step: dense Cholesky, matrix-free Gauss-Newton-CG, or auto (dense when it fits)")
+    a("--lm-memory-gb", type=float, default=4.0, help="memory budget of the dense LM step")
+    a("--lm-cg-maxiter", type=int, default=None, help="CG iterations per matrix-free LM step")
     a("--lr", type=float, default=None, help="default: paper's rate, 1.0 with a line search")
     a("--line-search", nargs="?", const="strong-wolfe", default="strong-wolfe",
       choices=["strong-wolfe", "none"],
@@ -70,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=0)
     a("--backend", choices=["torch", "cupy", "petsc"], default=None,
       help="default: petsc when launched on more than one MPI rank, else torch")
+    a("--partitioner", choices=["auto", "ptscotch", "parmetis", "hilbert", "morton", "block"],
+      default="auto", help="petsc backend: how nodes are split across ranks "
+      "(auto: PT-Scotch/ParMETIS through PETSc when available, else a Hilbert curve)")
+    a("--check-lockstep", action="store_true",
+      help="after every evaluation, check that all ranks hold bit-identical parameters")
     a("--device", default=None, help="torch device (default cpu; cuda for --backend cupy)")
     a("--threads", type=int, default=None, help="torch CPU threads")
     a("--out", default=None, help="output directory (default runs/<timestamp>)")
@@ -159,14 +171,27 @@ def run(args, log=print) -> dict:
     t0 = time.perf_counter()
     if backend == "petsc":
         from ..distributed.assembly import distributed_system
-        system = distributed_system(cloud, args.order, comm, alpha=alpha, beta=beta, dtype=dtype)
+        system = distributed_system(cloud, args.order, comm, alpha=alpha, beta=beta, dtype=dtype,
+                                    partitioner=args.partitioner, device=device)
     else:
         from ..operators.torch_csr import serial_system
         system = serial_system(cloud, args.order, alpha=alpha, beta=beta, dtype=dtype,
                                device=device, backend=backend)
     setup_s = time.perf_counter() - t0
     problem = make_problem(data, args.method, nt=args.nt, t_final=args.t_final)
-    cfg = TrainConfig(optimizer=args.optimizer, lr=args.lr,
+    lm_opts = {"step": args.lm_step, "memory_budget": args.lm_memory_gb * 1e9}
+    if args.lm_cg_maxiter is not None:
+        lm_opts["cg_maxiter"] = args.lm_cg_maxiter
+    if args.schedule is not None:
+        from ..optim.lm import parse_schedule
+        try:
+            parse_schedule(args.schedule)
+        except ValueError as exc:
+            raise UserError(f"--schedule: {exc}") from None
+    if args.method != "dt" and ("lm" in (args.schedule or "") or args.optimizer == "lm"):
+        raise UserError("Levenberg-Marquardt needs --method dt (its Jacobian is [L; B] times the "
+                        "network's); use --optimizer lbfgs or adam for vanilla PINNs")
+    cfg = TrainConfig(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, lm=lm_opts,
                       line_search=args.line_search == "strong-wolfe",
                       history_size=args.history_size, max_iter=args.max_iter, steps=args.steps,
                       tol=args.tol, time_budget=args.time_budget, eval_every=args.eval_every,
@@ -177,6 +202,8 @@ def run(args, log=print) -> dict:
             f"Ni={cloud.n_interior} Nb={cloud.n_boundary}, backend {backend}, {comm.size} rank(s), "
             f"setup {setup_s:.2f}s -> {out}")
     trainer = Trainer(problem, system, cfg, log=lambda s: log(s, flush=True) if log is print else log(s))
+    if args.check_lockstep and comm.size > 1:
+        _check_lockstep_on_evaluate(trainer)
     result = trainer.train()
     settings = {k: v for k, v in vars(args).items()}
     settings.update({"dtype": dtype_name, "backend": backend, "device": device,
@@ -194,8 +221,49 @@ def run(args, log=print) -> dict:
     return {"out": out, "result": result}
 
 
+def _check_lockstep_on_evaluate(trainer) -> None:
+    """Wrap the trainer's evaluation: every record also proves all ranks hold the same bits."""
+    evaluate = trainer.evaluate
+
+    def checked():
+        rec = evaluate()
+        if not trainer.comm.same_on_all_ranks(trainer._flat()):
+            raise RuntimeError(f"ranks diverged at step {rec['step']}: parameters differ "
+                               "(lockstep broken; please report with your settings)")
+        rec["lockstep"] = True
+        return rec
+
+    trainer.evaluate = checked
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # What our parser does not know goes to PETSc (-log_view, -mat_type aijcusparse, ...), the
+    # way PETSc programs take options; anything else unknown is an error.
+    args, petsc_options = parser.parse_known_args(argv)
+    if petsc_options and (not petsc_options[0].startswith("-")
+                          or any(o.startswith("--") for o in petsc_options)):
+        parser.error(f"unrecognized arguments: {' '.join(petsc_options)}")
+    if petsc_options:
+        # PETSc reads these at initialisation (-log_view, -mat_type aijcusparse, ...)
+        os.environ["PETSC_OPTIONS"] = " ".join(
+            [os.environ.get("PETSC_OPTIONS", "")] + petsc_options).strip()
+        if args.backend not in (None, "petsc"):
+            print(f"error: PETSc options {' '.join(petsc_options)} need --backend petsc",
+                  file=sys.stderr)
+            return 2
+    if _mpi_launched():
+        # An error on one rank (rank 0 alone claims --out, reads files, ...) must end the whole
+        # job, not leave the others waiting in a collective: every exception aborts the job
+        # with "rank R: error: <message>".
+        from ..distributed.errors import abort_on_exception
+        with abort_on_exception(code=2):
+            run(args)
+        return 0
+    return _run_reporting(args)
+
+
+def _run_reporting(args) -> int:
     from ..outputs import OutputExistsError
     from ..problems import ExpressionError
     try:

@@ -31,7 +31,7 @@ class TrainConfig:
 
     Attributes
     ----------
-    optimizer : {'lbfgs', 'adam'}
+    optimizer : {'lbfgs', 'adam', 'lm'}
     lr : float or None
         None: the paper's rate for (method, problem) (:func:`~dtpinn_dist.optim.default_lr`).
     line_search : bool
@@ -55,6 +55,12 @@ class TrainConfig:
         parameters before that step); 0 disables. L-BFGS without line search can blow up.
     verbose : bool
         Progress lines (rank 0 only).
+    schedule : str, optional
+        Optimizer phases, e.g. ``"lbfgs:300,lm:100"`` (L-BFGS for 300 steps, then
+        Levenberg-Marquardt for 100); overrides ``optimizer`` and ``steps``.
+    lm : dict
+        Options of :class:`~dtpinn_dist.optim.lm.LevenbergMarquardt` (``step``,
+        ``memory_budget``, ``cg_maxiter``, ...).
     """
 
     optimizer: str = "lbfgs"
@@ -72,6 +78,8 @@ class TrainConfig:
     activation: str = "tanh"
     divergence_factor: float = 1e6
     verbose: bool = True
+    schedule: str | None = None
+    lm: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -129,11 +137,16 @@ class Trainer:
                                 if self.comm.rank == 0 else None)
         model.load_state_dict(state)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.schedule:
+            from ..optim.lm import parse_schedule
+            self.phases = parse_schedule(cfg.schedule)
+        else:
+            self.phases = [(cfg.optimizer, cfg.steps)]
         self.lr = cfg.lr if cfg.lr is not None else default_lr(
-            cfg.optimizer, problem.method, problem.kind, cfg.line_search)
-        self.optimizer = make_optimizer(self.params, cfg.optimizer, self.lr,
-                                        line_search=cfg.line_search,
-                                        history_size=cfg.history_size, max_iter=cfg.max_iter)
+            self.phases[0][0], problem.method, problem.kind, cfg.line_search)
+        self.phase, self.phase_start = 0, 0
+        self._set_optimizer(self.phases[0][0])
+        self._optimizer_phase = 0
         self.step_count = 0
         self.evals = 0
         self.train_time = 0.0
@@ -141,6 +154,26 @@ class Trainer:
         self.history: list[dict] = []
         self._nonfinite = False
         self._last_loss = math.nan
+
+    def _next_phase(self) -> None:
+        self.phase += 1
+        self.phase_start = self.step_count
+
+    def _set_optimizer(self, name: str) -> None:
+        """Make ``name`` the current optimizer (a fresh one: phases do not share state)."""
+        cfg = self.config
+        self.optimizer_name = name
+        if name == "lm":
+            from ..optim.lm import LevenbergMarquardt
+            if self.problem.method != "dt":
+                raise ValueError("Levenberg-Marquardt needs a DT-PINN (--method dt): its Jacobian "
+                                 "is [L; B] times the network's; use lbfgs or adam for vanilla")
+            self.optimizer = LevenbergMarquardt(self.model, self.problem, self.system, **cfg.lm)
+            return
+        lr = cfg.lr if cfg.lr is not None else default_lr(
+            name, self.problem.method, self.problem.kind, cfg.line_search)
+        self.optimizer = make_optimizer(self.params, name, lr, line_search=cfg.line_search,
+                                        history_size=cfg.history_size, max_iter=cfg.max_iter)
 
     # ------------------------------------------------------------------ core
     def _flat(self) -> torch.Tensor:
@@ -215,11 +248,27 @@ class Trainer:
         if not self.history:
             self._record(res)
         reason = "step budget"
-        while self.step_count < cfg.steps:
+        while self.phase < len(self.phases):
+            name, n_steps = self.phases[self.phase]
+            if self.step_count - self.phase_start >= n_steps:
+                self._next_phase()
+                continue
+            if self._optimizer_phase != self.phase:
+                self._set_optimizer(name)
+                self._optimizer_phase = self.phase
+                if self.phase and self.comm.rank == 0 and cfg.verbose:
+                    self.log(f"phase {self.phase + 1}: {name} for up to {n_steps} steps")
             good = self._flat().clone()
             t0 = time.perf_counter()
             evals0 = self.evals
-            self.optimizer.step(self.closure)
+            if name == "lm":
+                lm_evals = self.optimizer.evals
+                self.optimizer.step()
+                self.evals += self.optimizer.evals - lm_evals
+                self._last_loss = self.optimizer.last_loss
+                self._nonfinite = not math.isfinite(self._last_loss)
+            else:
+                self.optimizer.step(self.closure)
             self.train_time += time.perf_counter() - t0
             self.step_count += 1
             if self._nonfinite or not torch.isfinite(self._flat()).all():
@@ -243,9 +292,12 @@ class Trainer:
             if cfg.tol and self._last_loss <= cfg.tol:
                 reason = f"loss {self._last_loss:.3e} <= tol {cfg.tol:g}"
                 break
-            if self.evals - evals0 <= 1 and torch.equal(self._flat(), good):
-                reason = "converged (optimizer made no progress)"
-                break
+            # A phase also ends when its optimizer can do no more (then the next one takes over).
+            phase_over = None
+            if name == "lm" and self.optimizer.stop_reason:
+                phase_over = f"Levenberg-Marquardt: {self.optimizer.stop_reason}"
+            elif self.evals - evals0 <= 1 and torch.equal(self._flat(), good):
+                phase_over = f"converged ({name} made no progress)"
             if cfg.time_budget is not None:
                 # rank 0's clock decides, so all ranks stop after the same step
                 stop = self.comm.bcast(self.train_time >= cfg.time_budget
@@ -253,6 +305,13 @@ class Trainer:
                 if stop:
                     reason = f"time budget {cfg.time_budget:g}s"
                     break
+            if phase_over:
+                reason = phase_over
+                if self.phase == len(self.phases) - 1:
+                    break
+                if self.comm.rank == 0 and cfg.verbose:
+                    self.log(f"{phase_over} at step {self.step_count}")
+                self._next_phase()
         if not self.history or self.history[-1]["step"] != self.step_count:
             self._record(res)
         last = self.history[-1]
@@ -277,11 +336,18 @@ class Trainer:
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "rng_torch": torch.get_rng_state(),
                 "step": self.step_count, "evals": self.evals,
+                "phase": self.phase, "phase_start": self.phase_start,
+                "optimizer_name": self.optimizer_name,
                 "train_time_s": self.train_time, "eval_time_s": self.eval_time,
                 "history": copy.deepcopy(self.history), "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        self.phase = int(state.get("phase", 0))
+        self.phase_start = int(state.get("phase_start", 0))
+        if state.get("optimizer_name", self.optimizer_name) != self.optimizer_name:
+            self._set_optimizer(state["optimizer_name"])
+        self._optimizer_phase = self.phase
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"])
         self.step_count, self.evals = int(state["step"]), int(state["evals"])
