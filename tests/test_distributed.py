@@ -228,13 +228,14 @@ def test_cli_under_mpirun(mpirun, tmp_path, n):
     import subprocess
 
     args = ["--steps", "2", "--eval-every", "2", "--width", "20", "--depth", "2"]
-    res = mpirun(n, [sys.executable, "-m", "dtpinn_dist.train", *args, "--out", tmp_path / "mpi"],
-                 timeout=180)
+    res = mpirun(n, [sys.executable, "-m", "dtpinn_dist.train", *args, "--check-lockstep",
+                     "--out", tmp_path / "mpi"], timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("final rel_l2") == 1 and res.stdout.count("stopped:") == 1
     assert "backend petsc" in res.stdout and f"{n} rank(s)" in res.stdout
     m = json.loads((tmp_path / "mpi" / "metrics.json").read_text())
     assert m["ranks"] == n
+    assert all(h.get("lockstep") is True for h in m["history"])
     ser = subprocess.run([sys.executable, "-m", "dtpinn_dist.train", *args, "--out",
                           str(tmp_path / "serial")], capture_output=True, text=True, timeout=180)
     assert ser.returncode == 0, ser.stderr[-3000:]
