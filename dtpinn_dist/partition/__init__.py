@@ -14,7 +14,7 @@ from math import comb
 
 import numpy as np
 
-from .layout import Partition, halo_report, partition_from_units, stencil_pattern
+from .layout import Partition, halo_report, halo_stats, partition_from_units, stencil_pattern
 from .sfc import hilbert_keys, morton_keys, sfc_order, sfc_partition, split_weighted
 
 __all__ = ["Partition", "partition_cloud", "partition_from_units", "halo_report", "cloud_halo_report",
@@ -141,14 +141,4 @@ def cloud_halo_report(cloud, partition: Partition, order: int = 4, chunk: int = 
             c = nbr.ravel()
             off = owner[c] != rp
             keys.append(np.unique(rp[off] * n + c[off]))
-    pairs = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-    part_of_pair, col_of_pair = np.divmod(pairs, n)
-    P = partition
-    owned = P.sizes()
-    halo = np.bincount(part_of_pair, minlength=P.nparts).astype(np.int64)
-    nb_pairs = np.unique(part_of_pair * P.nparts + owner[col_of_pair])
-    neighbours = np.bincount(nb_pairs // P.nparts, minlength=P.nparts).astype(np.int64)
-    frac = halo / np.maximum(owned, 1)
-    return {"owned": owned, "halo": halo, "neighbours": neighbours,
-            "halo_fraction": float(halo.sum() / max(int(owned.sum()), 1)),
-            "max_halo_fraction": float(frac.max()) if frac.size else 0.0}
+    return halo_stats(keys, n, owner, partition)

@@ -165,6 +165,11 @@ def halo_report(partition: Partition, patterns: list[tuple[sp.csr_matrix, np.nda
         rr = np.repeat(row_part, np.diff(A.indptr))
         off = owner[A.indices] != rr
         keys.append(rr[off] * n + A.indices[off])
+    return halo_stats(keys, n, owner, P)
+
+
+def halo_stats(keys: list[np.ndarray], n: int, owner: np.ndarray, P: Partition) -> dict:
+    """Halo summary from encoded ``part * n + column`` keys of off-part column references."""
     # (part, column) pairs, each once.
     pairs = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
     part_of_pair, col_of_pair = np.divmod(pairs, n)
