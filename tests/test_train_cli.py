@@ -103,3 +103,26 @@ def test_cli_unknown_double_dash_flag_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--bogus-flag", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and "unrecognized" in capsys.readouterr().err
+
+
+def test_single_process_needs_no_mpi_or_petsc(tmp_path):
+    """The serial path imports and trains with petsc4py and mpi4py made unimportable."""
+    code = f"""
+import sys
+sys.modules['mpi4py'] = None
+sys.modules['petsc4py'] = None
+from dtpinn_dist.train.__main__ import main
+rc = main(['--n-points', '120', '--steps', '2', '--width', '8', '--depth', '2', '--quiet',
+           '--out', {str(tmp_path / 'o')!r}])
+assert rc == 0, rc
+assert 'mpi4py.MPI' not in sys.modules and 'petsc4py.PETSc' not in sys.modules
+import dtpinn_dist.info
+assert 'not available' in dtpinn_dist.info.report()
+print('ok')
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"):
+        env.pop(var, None)
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
