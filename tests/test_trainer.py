@@ -102,3 +102,21 @@ def test_dtype_mismatch_is_an_error(cloud):
     P = make_problem(manufactured("poisson"), "dt")
     with pytest.raises(ValueError, match="dtype|operators"):
         Trainer(P, _system(cloud, torch.float64), _cfg(), model=MLP(2, dtype=torch.float32))
+
+
+def test_blow_up_restores_parameters_with_a_sane_loss(cloud):
+    """L-BFGS without line search at a huge rate blows up; the run stops and the parameters
+    it keeps have a finite loss no worse than the divergence threshold."""
+    P = make_problem(manufactured("poisson"), "dt")
+    sysm = _system(cloud, torch.float64)
+    t = Trainer(P, sysm, _cfg(steps=30, lr=50.0, line_search=False, divergence_factor=10.0))
+    res = t.train()
+    assert "diverged" in res.stop_reason or "non-finite" in res.stop_reason
+    loss = float(P.loss(t.model, sysm))
+    assert math.isfinite(loss) and loss <= 10.0 * t.history[0]["loss"]
+
+
+def test_heat_exact_without_u0_uses_exact_at_t0():
+    from dtpinn_dist.problems import from_forcing
+    data = from_forcing("heat", "x", "0", exact="1 + t*x")
+    assert data.exprs["u0"] in ("1", "1.0")

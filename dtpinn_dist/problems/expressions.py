@@ -263,10 +263,13 @@ def from_forcing(kind: str, f: str, g: str, u0: str | None = None, dim: int = 2,
     tt = ["t"] if kind == "heat" else []
     fe = parse_safe(f, space + tt)
     ge = parse_safe(g, space + tt + [n.name for n in ns])
-    if kind == "heat" and u0 is None:
-        raise ValueError("the heat problem needs an initial condition: give --u0 EXPR (or --exact)")
-    u0e = parse_safe(u0, space) if u0 is not None else sympy.Integer(0)
     ue = parse_safe(exact, space + tt) if exact is not None else None
+    if kind == "heat" and u0 is None:
+        if ue is None:
+            raise ValueError("the heat problem needs an initial condition: give --u0 EXPR "
+                             "(or --exact, whose value at t = 0 is used)")
+        u0 = str(ue.subs(t, 0))
+    u0e = parse_safe(u0, space) if u0 is not None else sympy.Integer(0)
     args = xs + [t]
     exprs = {"f": str(fe), "g": str(ge)}
     if u0 is not None:

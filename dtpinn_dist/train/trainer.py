@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.nn.utils import parameters_to_vector
 
 from ..model.mlp import MLP
 from ..optim.first_order import default_lr, make_optimizer
@@ -152,8 +153,8 @@ class Trainer:
         self.train_time = 0.0
         self.eval_time = 0.0
         self.history: list[dict] = []
-        self._nonfinite = False
         self._last_loss = math.nan
+        self._good = self._flat().clone()
 
     def _next_phase(self) -> None:
         self.phase += 1
@@ -176,16 +177,15 @@ class Trainer:
                                         history_size=cfg.history_size, max_iter=cfg.max_iter)
 
     # ------------------------------------------------------------------ core
+    def _diverged(self, loss: float) -> bool:
+        f = self.config.divergence_factor
+        return bool(f) and self.history and loss > f * self.history[0]["loss"]
+
     def _flat(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        return parameters_to_vector(self.params).detach()
 
     def _set_flat(self, v: torch.Tensor) -> None:
-        i = 0
-        with torch.no_grad():
-            for p in self.params:
-                n = p.numel()
-                p.copy_(v[i:i + n].view_as(p))
-                i += n
+        _copy_into(v, self.params)
 
     def closure(self) -> torch.Tensor:
         """zero_grad, local loss, backward, global gradient and loss (one comm.sum each)."""
@@ -195,20 +195,19 @@ class Trainer:
         local.backward()
         comm = self.comm
         if comm.size > 1:
-            g = torch.cat([p.grad.reshape(-1) for p in self.params])
-            g = comm.sum(g)
-            i = 0
-            for p in self.params:
-                n = p.numel()
-                p.grad.copy_(g[i:i + n].view_as(p))
-                i += n
+            # one reduction for the whole gradient, bit-identical on every rank
+            g = comm.sum(parameters_to_vector(p.grad for p in self.params))
+            _copy_into(g, [p.grad for p in self.params])
             loss = comm.sum(local.detach())
         else:
             loss = local.detach()
         self.evals += 1
+        if torch.isfinite(loss) and not self._diverged(float(loss)):
+            # the last point with a sane loss: what a blow-up restores (L-BFGS without a line
+            # search makes its final update of a step() without evaluating it)
+            self._good = self._flat().clone()
         if not torch.isfinite(loss):
             # zero gradient makes L-BFGS return at once instead of iterating on NaNs
-            self._nonfinite = True
             for p in self.params:
                 p.grad.zero_()
         self._last_loss = float(loss)
@@ -251,6 +250,8 @@ class Trainer:
         while self.phase < len(self.phases):
             name, n_steps = self.phases[self.phase]
             if self.step_count - self.phase_start >= n_steps:
+                if self.phase == len(self.phases) - 1:
+                    break  # the phase stays current, so a restored run can continue it
                 self._next_phase()
                 continue
             if self._optimizer_phase != self.phase:
@@ -258,7 +259,7 @@ class Trainer:
                 self._optimizer_phase = self.phase
                 if self.phase and self.comm.rank == 0 and cfg.verbose:
                     self.log(f"phase {self.phase + 1}: {name} for up to {n_steps} steps")
-            good = self._flat().clone()
+            start = self._flat().clone()
             t0 = time.perf_counter()
             evals0 = self.evals
             if name == "lm":
@@ -266,21 +267,23 @@ class Trainer:
                 self.optimizer.step()
                 self.evals += self.optimizer.evals - lm_evals
                 self._last_loss = self.optimizer.last_loss
-                self._nonfinite = not math.isfinite(self._last_loss)
+                if math.isfinite(self._last_loss):
+                    self._good = self._flat().clone()
             else:
                 self.optimizer.step(self.closure)
             self.train_time += time.perf_counter() - t0
             self.step_count += 1
-            if self._nonfinite or not torch.isfinite(self._flat()).all():
-                self._set_flat(good)
+            # judged at the end of the step: a NaN trial point that the line search backed
+            # out of is not a failure
+            if not math.isfinite(self._last_loss) or not torch.isfinite(self._flat()).all():
+                self._set_flat(self._good)
                 reason = (f"non-finite loss at step {self.step_count}: stopped and restored the "
                           "last good parameters (try a smaller --lr)")
                 if self.comm.rank == 0:
                     self.log(reason)
                 break
-            if (cfg.divergence_factor and math.isfinite(self._last_loss)
-                    and self._last_loss > cfg.divergence_factor * self.history[0]["loss"]):
-                self._set_flat(good)
+            if math.isfinite(self._last_loss) and self._diverged(self._last_loss):
+                self._set_flat(self._good)
                 reason = (f"diverged at step {self.step_count} (loss {self._last_loss:.3e}): "
                           "restored the parameters before that step (try --line-search or a "
                           "smaller --lr)")
@@ -296,7 +299,7 @@ class Trainer:
             phase_over = None
             if name == "lm" and self.optimizer.stop_reason:
                 phase_over = f"Levenberg-Marquardt: {self.optimizer.stop_reason}"
-            elif self.evals - evals0 <= 1 and torch.equal(self._flat(), good):
+            elif self.evals - evals0 <= 1 and torch.equal(self._flat(), start):
                 phase_over = f"converged ({name} made no progress)"
             if cfg.time_budget is not None:
                 # rank 0's clock decides, so all ranks stop after the same step
@@ -343,7 +346,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.phase = int(state.get("phase", 0))
+        self.phase = min(int(state.get("phase", 0)), len(self.phases) - 1)
         self.phase_start = int(state.get("phase_start", 0))
         if state.get("optimizer_name", self.optimizer_name) != self.optimizer_name:
             self._set_optimizer(state["optimizer_name"])
@@ -353,6 +356,14 @@ class Trainer:
         self.step_count, self.evals = int(state["step"]), int(state["evals"])
         self.train_time, self.eval_time = float(state["train_time_s"]), float(state["eval_time_s"])
         self.history = copy.deepcopy(state["history"])
+
+
+def _copy_into(v: torch.Tensor, tensors) -> None:
+    """Copy the flat vector ``v`` into ``tensors`` in place (no aliasing of ``v``)."""
+    tensors = list(tensors)
+    with torch.no_grad():
+        for t, x in zip(tensors, torch.split(v, [t.numel() for t in tensors])):
+            t.copy_(x.view_as(t))
 
 
 def train(problem, system, config: TrainConfig | None = None, model=None, log=print):
