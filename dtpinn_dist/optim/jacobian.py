@@ -206,14 +206,28 @@ def mlp_ntk(factors) -> torch.Tensor:
     """``Ju Ju^T`` (n x n) from the factors, without forming ``Ju``.
 
     ``(Ju_W Ju_W^T)_ij = (delta_i . delta_j)(a_i . a_j)``: per layer two (n x width) Gram
-    products and a Hadamard product instead of an (n x n x n_params) contraction.
+    products and a Hadamard product instead of an (n x n x n_params) contraction. Layers whose
+    Hadamard product has low rank (the output layer, ``delta = 1``; the input layer, ``a = x``
+    with 2-3 columns) are written as explicit feature columns (row-wise Kronecker products of
+    ``delta`` and ``[a, 1]``) and summed by one Gram product, which saves their n x n passes.
     """
-    K = None
+    n = factors[0][2].shape[0]
+    feats, mids = [], []
     for m, delta, a in factors:
-        aa = a @ a.T
-        if m.bias is not None:
-            aa += 1.0
+        if m.bias is not None:  # the bias is a constant input column: no "+1" pass over n x n
+            a = torch.cat([a, a.new_ones(n, 1)], dim=1)
+        kd, ka = delta.shape[1], a.shape[1]
+        if kd * ka <= 4 * max(kd, ka):
+            feats.append((delta[:, :, None] * a[:, None, :]).reshape(n, kd * ka))
+        else:
+            mids.append((delta, a))
+    K = None
+    if feats:
+        F = torch.cat(feats, dim=1)
+        K = F @ F.T
+    for delta, a in mids:
         dd = delta @ delta.T
+        aa = a @ a.T
         if K is None:
             K = dd.mul_(aa)
         else:
@@ -510,9 +524,15 @@ class DTPINNLeastSquares(LeastSquaresProblem):
             return None
         d, sL, sB = struct
         nL = sys_.L.shape[0]
-        P = sp.csr_matrix((d.detach().cpu().numpy(), (np.arange(nL), np.asarray(sys_.row_index))),
-                          shape=sys_.L.shape)
-        return sp.vstack([sL * sys_.L.to_scipy() + P, sB * sys_.B.to_scipy()]).tocsr()
+        base = getattr(self, "_At_base", None)
+        if base is None:  # [s_L L; s_B B] and the pointwise pattern: built once
+            base = sp.vstack([sL * sys_.L.to_scipy(), sB * sys_.B.to_scipy()]).tocsr()
+            self._At_base = base
+        dn = d.detach().cpu().numpy()
+        if not dn.any():  # linear problems: no pointwise term
+            return base
+        P = sp.csr_matrix((dn, (np.arange(nL), np.asarray(sys_.row_index))), shape=base.shape)
+        return (base + P).tocsr()
 
     def gram(self, theta):
         """``(r, G, jt)``: residual, ``G = J J^T`` and ``jt(z) = J^T z``, without forming J.
@@ -534,8 +554,8 @@ class DTPINNLeastSquares(LeastSquaresProblem):
         r = self._values_residual(u).detach()
         K = mlp_ntk(factors).cpu().numpy()
         AK = At @ K                      # (M, n): sparse x dense
+        # G = A K A^T is symmetric up to round-off (the Cholesky reads one triangle)
         G = np.ascontiguousarray((At @ AK.T).T)
-        G = 0.5 * (G + G.T)
         tG = torch.from_numpy(G).to(self.dtype).to(self.device)
         AtT = At.T.tocsr()
 

@@ -258,12 +258,13 @@ class LevenbergMarquardt:
             if self.D is None:
                 self.D = torch.full_like(g, float(torch.trace(G)) / g.numel())
             c = float(self.D[0])
-            eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
             solve_info = {}
             cache = {}
 
             def solve(lam):
-                Lc, info = torch.linalg.cholesky_ex(G + (lam * c) * eye)
+                Gl = G.clone()
+                Gl.diagonal().add_(lam * c)
+                Lc, info = torch.linalg.cholesky_ex(Gl)
                 if int(info) != 0:
                     return None
                 z = torch.cholesky_solve(r[:, None], Lc)[:, 0]
