@@ -8,14 +8,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 py="$root/.venv/bin/python"
-if ! "$py" -c "import dtpinn_dist.train.__main__" 2>/dev/null; then
-  echo "dtpinn_dist.train: not built yet"; exit 0
-fi
 if [ "${NP:-1}" -gt 1 ]; then
   # One thread per rank: ranks, not threads, share the cores.
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
   if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
   export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
-  exec mpirun -n "$NP" "$py" -m dtpinn_dist.train "$@"
+  oversub=()
+  mpirun --version 2>&1 | grep -qi "open mpi" && oversub=(--oversubscribe)
+  exec mpirun "${oversub[@]}" -n "$NP" "$py" -m dtpinn_dist.train "$@"
 fi
 exec "$py" -m dtpinn_dist.train "$@"

@@ -8,7 +8,8 @@
 #
 # Environment knobs:
 #   PETSC_DIR / PETSC_ARCH  use an existing PETSc (module, Spack, conda-forge): only petsc4py is built
-#   TORCH_SPEC              torch requirement (default torch==2.13.0, the CPU wheel on our machines)
+#   TORCH_SPEC              torch requirement (default torch==2.13.0)
+#   TORCH_PIP_ARGS          extra pip arguments for torch (e.g. --index-url of a CPU-only build)
 #   DTPINN_SKIP_APT=1       do not touch system packages (you provide MPI compilers yourself)
 set -euo pipefail
 
@@ -47,6 +48,12 @@ install_package() {
   "$venv/bin/python" -m pip install -q --no-build-isolation -e ".[mpi,io,test]"
   echo "$want_pkg" > "$pkg_stamp"
 }
+# A stamped environment must still import (an apt upgrade of MPI can break petsc4py).
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && ! "$venv/bin/python" -c "import petsc4py.PETSc, mpi4py.MPI, torch" >/dev/null 2>&1; then
+  say "the existing .venv/ no longer imports petsc4py/mpi4py/torch: rebuilding it"
+  rm -f "$stamp"
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   if [ ! -f "$pkg_stamp" ] || [ "$(cat "$pkg_stamp")" != "$want_pkg" ]; then
     say "pyproject.toml changed: reinstalling dtpinn_dist"
@@ -64,7 +71,7 @@ if [ -z "${PETSC_DIR:-}" ]; then
     || ls /usr/lib/*/libopenblas.so >/dev/null 2>&1 || need_pkgs+=(libopenblas-dev)
   [ -e /usr/include/scotch/ptscotch.h ] || need_pkgs+=(libptscotch-dev)
 fi
-command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
+{ command -v cc && command -v c++; } >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 # PETSc's pip build fixes its library paths with patchelf
@@ -96,7 +103,9 @@ say "creating .venv/ with $("$PY" -V 2>&1)"
 "$PY" -m venv "$venv"
 pip="$venv/bin/python -m pip"
 $pip install -q --upgrade pip wheel setuptools
-$pip install -q "numpy>=1.26" "scipy>=1.11" cython "$TORCH_SPEC"
+# TORCH_PIP_ARGS: e.g. an --index-url for a CPU-only or a specific CUDA build of torch
+$pip install -q "numpy>=1.26" "scipy>=1.11" cython
+$pip install -q ${TORCH_PIP_ARGS:-} "$TORCH_SPEC"
 
 # ---- 4. PETSc + petsc4py with MPI ---------------------------------------------------------------
 export CC=mpicc CXX=mpicxx

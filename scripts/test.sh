@@ -12,6 +12,9 @@ py="$root/.venv/bin/python"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mpi_timeout=${DTPINN_MPI_TEST_TIMEOUT:-900}
+# OpenMPI 5 ignores the environment variable above: say it on the command line too.
+oversub=()
+mpirun --version 2>&1 | grep -qi "open mpi" && oversub=(--oversubscribe)
 
 echo "== serial test suite"
 "$py" -m pytest tests "$@"
@@ -20,7 +23,7 @@ status=0
 for n in 2 3 4; do
   echo "== MPI tests on $n ranks"
   set +e
-  timeout -k 10 "$mpi_timeout" mpirun -n "$n" "$py" -m pytest -m mpi -q --color=no -p no:cacheprovider tests "$@"
+  timeout -k 10 "$mpi_timeout" mpirun "${oversub[@]}" -n "$n" "$py" -m pytest -m mpi -q --color=no -p no:cacheprovider tests "$@"
   rc=$?
   set -e
   # pytest exits 5 when nothing was selected: not a failure of the MPI pass itself.

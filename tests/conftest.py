@@ -24,9 +24,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 def _mpi_rank_size():
     # Read the launcher's environment rather than importing mpi4py: serial runs never need MPI.
     for r, s in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
-                 ("PMIX_RANK", "PMIX_SIZE")):
+                 ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
         if r in os.environ and s in os.environ:
             return int(os.environ[r]), int(os.environ[s])
+    if "PMIX_RANK" in os.environ:
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
     return 0, 1
 
 
@@ -103,8 +107,12 @@ def mpirun():
     if launcher is None:
         pytest.skip("no mpirun on PATH")
 
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
+    # OpenMPI 5 ignores the oversubscribe environment variable: say it on the command line
+    oversub = ["--oversubscribe"] if "open mpi" in version.lower() else []
+
     def run(n, args, timeout=120, cwd=None):
-        cmd = [launcher, "-n", str(n), *map(str, args)]
+        cmd = [launcher, *oversub, "-n", str(n), *map(str, args)]
         return subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True,
                               timeout=timeout, cwd=cwd)
 

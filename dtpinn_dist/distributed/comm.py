@@ -4,9 +4,9 @@ MPI does not promise that ``Allreduce`` returns bitwise-identical values on ever
 same value run to run). L-BFGS and Levenberg-Marquardt take data-dependent branches (line search,
 step acceptance), so ranks whose loss differs in the last bit can diverge and then deadlock in
 mismatched collectives (the failure of DDP + ``torch.optim.LBFGS``, pytorch issue 30439).
-Here every reduction gathers the per-rank contributions to rank 0, sums them there in rank order,
-and broadcasts the root's bits: every rank gets the identical result, and it is the same for
-any run at the same rank count.
+Here every reduction is a ``Reduce`` to rank 0 followed by a ``Bcast`` of the root's bits: every
+rank gets the identical result (scalably: both are trees), and it is the same for any run with
+the same rank count and MPI configuration.
 
 :class:`SerialComm` is the single-process stand-in (no mpi4py needed).
 """
@@ -68,17 +68,14 @@ class MPIComm:
 
     # -- deterministic sums -------------------------------------------------------------------
     def _sum_array(self, a: np.ndarray) -> np.ndarray:
-        a = np.ascontiguousarray(a)
-        buf = np.empty((self.size,) + a.shape, dtype=a.dtype) if self.is_root else None
-        self.comm.Gather(a, buf, root=0)
-        out = np.empty_like(a)
-        if self.is_root:
-            # Fixed order: rank 0 + rank 1 + ... (np.add.reduce over axis 0 is sequential).
-            out[...] = buf[0]
-            for r in range(1, self.size):
-                out += buf[r]
+        a = np.asarray(a)
+        flat = np.ascontiguousarray(a).reshape(-1)
+        out = np.empty_like(flat)
+        # Reduce to rank 0 (MPI's tree: O(log P) steps, fixed for a given communicator and
+        # message size), then broadcast the root's bits, so every rank holds the identical sum.
+        self.comm.Reduce(flat, out, op=self.MPI.SUM, root=0)
         self.comm.Bcast(out, root=0)
-        return out
+        return out.reshape(a.shape)
 
     def sum(self, x):
         """Sum over ranks of a scalar, numpy array or torch tensor, bit-identical on all ranks."""

@@ -91,11 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mpi_launched() -> bool:
-    """True when an MPI launcher started >1 ranks (env check: serial runs never import mpi4py)."""
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        v = os.environ.get(var)
-        if v and v.isdigit() and int(v) > 1:
-            return True
+    """True when an MPI launcher started more than one rank.
+
+    Read from the launchers' environment (OpenMPI's mpirun, MPICH/Hydra, Slurm's srun), so a
+    plain serial run never imports mpi4py; under PMIx without a size variable, MPI is asked.
+    """
+    env = os.environ
+    sizes = [env.get("OMPI_COMM_WORLD_SIZE"), env.get("PMI_SIZE")]
+    if "SLURM_PROCID" in env:  # inside an srun step (a batch script alone has no PROCID)
+        sizes.append(env.get("SLURM_STEP_NUM_TASKS"))
+    if any(v and v.isdigit() and int(v) > 1 for v in sizes):
+        return True
+    if "PMIX_RANK" in env:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return False
+        return MPI.COMM_WORLD.Get_size() > 1
     return False
 
 
@@ -153,7 +165,10 @@ def run(args, log=print) -> dict:
         raise UserError("--order and --nt must be >= 1, --steps and --eval-every >= 0")
 
     alpha, beta = BC_COEFFS[args.bc]
-    cloud, cloud_desc = _load_cloud(args, args.problem)
+    # Rank 0 reads or generates the cloud and every rank gets its bits: ranks never disagree
+    # on the nodes (no shared filesystem needed, no last-bit differences between machines).
+    cloud, cloud_desc = _load_cloud(args, args.problem) if comm.rank == 0 else (None, None)
+    cloud, cloud_desc = comm.bcast((cloud, cloud_desc))
     if (args.f is None) != (args.g is None):
         raise UserError("give both --f and --g (or neither, to derive them from --exact)")
     if args.f is not None:
