@@ -18,9 +18,10 @@ Step computations (``step=``):
 ``"auto"``
     dense when a fast structured Jacobian exists and fits ``memory_budget``, else CG.
 
-Damping: Nielsen's gain-ratio update (``lam *= max(1/3, 1 - (2 rho - 1)^3)`` on success,
-``lam *= nu, nu *= 2`` on failure) with Marquardt's scaling ``D = diag(J^T J)`` (running max, as
-MINPACK) or Levenberg's ``D = const I``. Every reduction (loss, gradient, normal matrix, gain
+Damping (defaults first): fixed factors (``lam /= 5`` on an accepted step, ``lam *= 3`` on a
+rejected one; fastest here) or Nielsen's gain-ratio rule (``update="nielsen"``); Levenberg's
+scaling ``D = const I`` or Marquardt's ``D = diag(J^T J)`` (``damping="marquardt"``, running max
+as in MINPACK). Every reduction (loss, gradient, normal matrix, gain
 ratio) goes through ``comm.sum``, which returns identical bits on every rank, so all ranks take
 identical branches and keep identical parameters.
 """
