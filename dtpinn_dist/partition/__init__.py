@@ -10,8 +10,6 @@ Entry point: :func:`partition_cloud`. Reporting: :func:`halo_report`.
 """
 from __future__ import annotations
 
-from math import comb
-
 import numpy as np
 
 from .layout import Partition, halo_report, halo_stats, partition_from_units, stencil_pattern
@@ -29,10 +27,10 @@ BOUNDARY_WEIGHT = 2.0
 
 
 def stencil_size(order: int, theta: int, d: int) -> int:
-    """RBF-FD stencil size n = 2 binom(l + d, d) + 1 with polynomial degree l = p + theta - 1
-    (the authors' rule; theta = 2 for the Laplacian, 1 for the boundary operator)."""
-    ell = int(order) + int(theta) - 1
-    return 2 * comb(ell + d, d) + 1
+    """RBF-FD stencil size for order p and operator order theta (the RBF-FD module's rule)."""
+    from ..operators.rbffd import stencil_params
+
+    return stencil_params(order, theta, d)[2]
 
 
 def graph_partitioner_available() -> str | None:
