@@ -222,7 +222,7 @@ def run(args, log=print) -> dict:
     result = trainer.train()
     settings = {k: v for k, v in vars(args).items()}
     settings.update({"dtype": dtype_name, "backend": backend, "device": device,
-                     "lr": trainer.lr, "alpha": alpha, "beta": beta, "cloud": cloud_desc,
+                     "lr": trainer.lr, "lr_by_phase": trainer.lrs, "alpha": alpha, "beta": beta, "cloud": cloud_desc,
                      "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,
                      "exprs": data.exprs, "setup_time_s": setup_s, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "out": out})

@@ -143,8 +143,10 @@ class Trainer:
             self.phases = parse_schedule(cfg.schedule)
         else:
             self.phases = [(cfg.optimizer, cfg.steps)]
-        self.lr = cfg.lr if cfg.lr is not None else default_lr(
-            self.phases[0][0], problem.method, problem.kind, cfg.line_search)
+        # learning rate of each first-order phase (None for LM), as used
+        self.lrs = [None if name == "lm" else (cfg.lr if cfg.lr is not None else default_lr(
+            name, problem.method, problem.kind, cfg.line_search)) for name, _ in self.phases]
+        self.lr = next((lr for lr in self.lrs if lr is not None), None)
         self.phase, self.phase_start = 0, 0
         self._set_optimizer(self.phases[0][0])
         self._optimizer_phase = 0
@@ -171,8 +173,7 @@ class Trainer:
                                  "is [L; B] times the network's; use lbfgs or adam for vanilla")
             self.optimizer = LevenbergMarquardt(self.model, self.problem, self.system, **cfg.lm)
             return
-        lr = cfg.lr if cfg.lr is not None else default_lr(
-            name, self.problem.method, self.problem.kind, cfg.line_search)
+        lr = self.lrs[self.phase]
         self.optimizer = make_optimizer(self.params, name, lr, line_search=cfg.line_search,
                                         history_size=cfg.history_size, max_iter=cfg.max_iter)
 
