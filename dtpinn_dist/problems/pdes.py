@@ -126,6 +126,10 @@ class _Base:
             out["g"] = ten(d.g_at(bnd, system.normals))
         out["X"] = ten(X)
         out["normals"] = ten(system.normals)
+        # index tensors on the device once, not one host-to-device copy per closure
+        for name, idx in (("rows", system.row_index), ("bnd", system.boundary_index),
+                          ("inner", system.interior_index)):
+            out[name + "_idx"] = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)
         self._cache_key, self._cache_val = key, (system, out)
         return out
 
@@ -185,7 +189,7 @@ class _Base:
             else:
                 U = model(X).reshape(-1)
             LU = spmv(system.L, U.contiguous())
-        rows = torch.as_tensor(system.row_index, device=X.device)
+        rows = fc["rows_idx"]
         Xr = X[rows]
         if self.time_dependent:
             inp, _ = self._space_time(Xr.detach())
@@ -226,7 +230,7 @@ class DTPoisson(_Base):
         U = self.network_values(model, system)
         r = spmv(system.L, U) - fc["f_rows"]
         if self.kind == "nonlinear-poisson":
-            r = r - torch.exp(U[torch.as_tensor(system.row_index, device=U.device)])
+            r = r - torch.exp(U[fc["rows_idx"]])
         b = spmv(system.B, U) - fc["g"]
         return {"pde": r / math.sqrt(system.n_rows_L), "bc": b / math.sqrt(system.n_rows_B)}
 
@@ -249,7 +253,7 @@ class DTHeat(_Base):
     def residual_parts(self, model, system) -> dict:
         fc = self.forcing(system, model.dtype, model.device)
         v = self.network_values(model, system)
-        rows = torch.as_tensor(system.row_index, device=v.U.device)
+        rows = fc["rows_idx"]
         m = len(self.times)
         ic = v.U[rows, 0] - fc["u0"]
         pde = v.Ut[rows] - spmv(system.L, v.U) - fc["f_rows"]
@@ -271,8 +275,8 @@ class VanillaPoisson(_Base):
     def residual_parts(self, model, system) -> dict:
         fc = self.forcing(system, model.dtype, model.device)
         X, d = fc["X"], system.dim
-        Xi = X[torch.as_tensor(system.interior_index, device=X.device)].detach().requires_grad_(True)
-        Xb = X[torch.as_tensor(system.boundary_index, device=X.device)].detach().requires_grad_(True)
+        Xi = X[fc["inner_idx"]].detach().requires_grad_(True)
+        Xb = X[fc["bnd_idx"]].detach().requires_grad_(True)
         u, lap, _, _ = autograd_derivatives(model, Xi, d)
         r = lap - fc["f_int"]
         if self.kind == "nonlinear-poisson":
@@ -296,9 +300,9 @@ class VanillaHeat(_Base):
         fc = self.forcing(system, model.dtype, model.device)
         X, d, m = fc["X"], system.dim, len(self.times)
         dev = X.device
-        Xi = X[torch.as_tensor(system.interior_index, device=dev)]
-        Xb = X[torch.as_tensor(system.boundary_index, device=dev)]
-        Xr = X[torch.as_tensor(system.row_index, device=dev)]
+        Xi = X[fc["inner_idx"]]
+        Xb = X[fc["bnd_idx"]]
+        Xr = X[fc["rows_idx"]]
         inp_i, _ = self._space_time(Xi)
         inp_i = inp_i.detach().requires_grad_(True)
         u, lap, _, ut = autograd_derivatives(model, inp_i, d)
