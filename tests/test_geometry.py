@@ -208,7 +208,8 @@ def test_npz_roundtrip_and_errors(tmp_path):
     # without ghost in the file: added on load by default
     q = tmp_path / "noghost.npz"
     np.savez(q, interior=c.interior, boundary=c.boundary, normals=c.normals)
-    np.testing.assert_allclose(load_cloud(q).ghost, c.ghost)
+    # a file carries no domain: its ghosts follow the authors' rule, 0.25 h with h = N^(-1/d)
+    np.testing.assert_allclose(load_cloud(q).ghost, c.with_ghost().ghost)
     r = tmp_path / "missing.npz"
     np.savez(r, interior=c.interior, boundary=c.boundary)
     with pytest.raises(ValueError, match=r"lacks arrays \['normals'\].*docs/point_clouds.md"):
@@ -231,3 +232,17 @@ def test_npz_roundtrip_and_errors(tmp_path):
              normals=c.normals)
     with pytest.raises(ValueError, match="NaN/inf"):
         load_cloud(nan)
+
+
+def test_generated_ghosts_scale_with_the_domain():
+    """Ghosts sit at the same fraction of the node spacing on a small and a unit disk, so the
+    boundary stencils (and their accuracy) do not depend on the domain's size."""
+    from dtpinn_dist.geometry import Disk, nearest_distances
+
+    ratios = []
+    for radius in (0.05, 1.0):
+        c = make_cloud(Disk(radius=radius), n=800, seed=1)
+        offset = np.linalg.norm(c.ghost - c.boundary, axis=1).mean()
+        ratios.append(offset / np.median(nearest_distances(c.collocation)))
+    assert ratios[0] == pytest.approx(ratios[1], rel=0.05)
+    assert 0.05 < ratios[0] < 0.5

@@ -89,9 +89,15 @@ class PointCloud:
         return np.vstack([self.interior, self.boundary])
 
     # ------------------------------------------------------------------ ghosts
-    def with_ghost(self, offset: float = GHOST_OFFSET) -> "PointCloud":
-        """Return a copy with ghost nodes at ``boundary + offset * h * normals``."""
-        ghost = self.boundary + float(offset) * self.h * self.normals
+    def with_ghost(self, offset: float = GHOST_OFFSET, length: float | None = None) -> "PointCloud":
+        """Return a copy with ghost nodes at ``boundary + offset * length * normals``.
+
+        ``length`` defaults to the authors' ``h = N^(-1/d)``, which is right for their unit disk;
+        generated clouds pass a length tied to their physical spacing (:func:`make_cloud`), so
+        the ghosts keep the same place relative to the nodes on a domain of any size.
+        """
+        ghost = self.boundary + float(offset) * (self.h if length is None else float(length)) \
+            * self.normals
         return dataclasses.replace(self, ghost=ghost)
 
     # ------------------------------------------------------------------ checks

@@ -151,7 +151,10 @@ def make_cloud(domain, n: int | None = None, spacing: float | None = None, seed:
     interior = fill_interior(domain, s, boundary, rng, iterations=iterations)
     cloud = PointCloud(interior=interior, boundary=boundary, normals=normals)
     if ghost:
-        cloud = cloud.with_ghost(ghost_offset)
+        # h = N^(-1/d) on the unit disk (ball) is the spacing divided by sqrt(area)
+        # (cbrt(volume)); scaling by the spacing keeps that ghost placement on any domain
+        unit = np.sqrt(np.pi) if cloud.dim == 2 else (4.0 * np.pi / 3.0) ** (1.0 / 3.0)
+        cloud = cloud.with_ghost(ghost_offset, length=s / unit)
     if n_test:
         cloud.test = make_test_points(domain, n_test, seed=seed + 7919)
     return cloud
