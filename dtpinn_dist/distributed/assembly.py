@@ -212,11 +212,16 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
 
     nodes_idx = P.owned_nodes(rank)
     i_loc, b_loc = int(P.n_interior[rank]), int(P.n_boundary[rank])
-    halo_L, halo_B = Lop.halo_size(), Bop.halo_size()
-    # Halo of the rank = distinct off-rank columns of L and B together.
-    both = np.unique(np.concatenate([Lop.to_scipy_local().indices, Bop.to_scipy_local().indices]))
+    # Halo = distinct off-rank columns referenced by this rank's rows (from the CSR blocks just
+    # handed to PETSc: global column indices), for L, B and both together.
     c0, c1 = int(P.offsets[rank]), int(P.offsets[rank + 1])
-    halo = int(np.count_nonzero((both < c0) | (both >= c1)))
+
+    def off_rank(cols):
+        cols = np.unique(cols)
+        return cols[(cols < c0) | (cols >= c1)]
+
+    halo_L, halo_B = len(off_rank(L_loc.indices)), len(off_rank(B_loc.indices))
+    halo = len(off_rank(np.concatenate([L_loc.indices, B_loc.indices])))
     halos = comm.allgather(halo)
     info = {"backend": "petsc", "order": int(order), "n_nodes": int(n), "ranks": int(size),
             "rank": int(rank), "partitioner": P.method, "owned": [int(s) for s in P.sizes()],

@@ -6,11 +6,11 @@ with addition for ``A^T y``). Blocks ``A X`` / ``A^T Y`` (heat: one column per t
 ``MatMatMult`` / ``MatTransposeMatMult`` with a MATDENSE block, i.e. one halo exchange for all
 columns instead of one per column.
 
-Memory: on CPU the torch tensors and the PETSc Vecs / dense Mats share memory
-(``VecPlaceArray`` / ``MatDensePlaceArray`` on persistent work objects, no copies and no per-call
-PETSc allocation; only the output tensor is new, as autograd needs); dense blocks are copied
-into / out of persistent MATDENSE work matrices (petsc4py lacks ``MatDensePlaceArray``). ``VecPlaceArray`` bumps the
-Vec's object state, so PETSc's cached norms are never stale. A GPU tensor is copied to the host
+Memory: on CPU, vectors share memory with the torch tensors (``VecPlaceArray`` on persistent work
+Vecs: no copies and no per-call PETSc allocation; only the output tensor is new, as autograd
+needs). Dense blocks are copied into / out of persistent MATDENSE work matrices, because petsc4py
+does not expose ``MatDensePlaceArray``. ``VecPlaceArray`` bumps the Vec's object state, so PETSc's
+cached norms are never stale. A GPU tensor is copied to the host
 and the result copied back (the documented fallback; a CUDA-enabled PETSc with
 ``-mat_type aijcusparse -vec_type cuda`` would share device memory through DLPack instead; see
 docs/distributed.md).

@@ -70,12 +70,6 @@ class Partition:
         """Rows of the global (serial-numbered) B owned by part ``r``, in local row order."""
         return np.asarray(self.boundary_ids[r], dtype=np.int64)
 
-    def row_offsets_L(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.n_interior + self.n_boundary)]).astype(np.int64)
-
-    def row_offsets_B(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.n_boundary)]).astype(np.int64)
-
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
 
