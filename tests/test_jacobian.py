@@ -1,7 +1,6 @@
 """Jacobians of the DT-PINN residual (dtpinn_dist.optim.jacobian): hand-derived network Jacobian,
 structured dense J, J J^T from the tangent kernel, and the matrix-free J v / J^T y, all against
 autograd and finite differences."""
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -49,7 +49,7 @@ def _serial_rows(kind, D, serial, rank):
     """Positions in the serial residual of this rank's residual entries (problem part order)."""
     P = D.info["partition"]
     Lr, Br = P.L_rows(rank), P.B_rows(rank)
-    nL, nB = serial.n_rows_L, serial.n_rows_B
+    nL = serial.n_rows_L
     if kind != "heat":  # [pde (L rows); bc (B rows)]
         return np.concatenate([Lr, nL + Br])
     m = NT + 1  # [ic (L rows); pde (L rows x m slices); bc (B rows x m)], row-major

@@ -5,7 +5,7 @@ import pytest
 
 from dtpinn_dist.geometry import PointCloud
 from dtpinn_dist.partition import (cloud_halo_report, graph_partitioner_available, hilbert_keys,
-                                   morton_keys, partition_cloud, partition_from_units, sfc_order,
+                                   morton_keys, partition_cloud, partition_from_units,
                                    split_weighted, stencil_size)
 
 

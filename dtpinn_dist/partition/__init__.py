@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import Partition, halo_report, halo_stats, partition_from_units, stencil_pattern
+from .layout import (Partition, halo_report, halo_stats, partition_from_units, stencil_neighbours,
+                     stencil_pattern)
 from .sfc import hilbert_keys, morton_keys, sfc_order, sfc_partition, split_weighted
 
 __all__ = ["Partition", "partition_cloud", "partition_from_units", "halo_report", "cloud_halo_report",
@@ -133,8 +134,7 @@ def cloud_halo_report(cloud, partition: Partition, order: int = 4, chunk: int = 
                     (ni + np.arange(nb), stencil_size(order, 1, d))):
         for s in range(0, len(rows), chunk):
             r = rows[s:s + chunk]
-            _, nbr = tree.query(nodes[r], k=min(k, len(nodes)))
-            nbr = np.asarray(nbr, dtype=np.int64).reshape(len(r), -1)
+            nbr = stencil_neighbours(nodes, r, k, tree)
             rp = np.repeat(owner[r], nbr.shape[1])
             c = nbr.ravel()
             off = owner[c] != rp

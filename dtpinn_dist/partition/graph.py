@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.spatial import cKDTree
 
+from .layout import stencil_neighbours
 from .sfc import sfc_order, split_weighted
 
 __all__ = ["stencil_graph_rows", "graph_partition"]
@@ -21,14 +21,8 @@ __all__ = ["stencil_graph_rows", "graph_partition"]
 
 def stencil_graph_rows(cloud, units: np.ndarray, k: int, tree=None) -> np.ndarray:
     """(len(units), k) unit ids of the stencil of each unit (ghost ``j`` -> boundary unit ``j``)."""
-    nodes = cloud.nodes
     ni, nb = cloud.n_interior, cloud.n_boundary
-    tree = cKDTree(nodes) if tree is None else tree
-    k = min(int(k), len(nodes))
-    if len(units) == 0:
-        return np.zeros((0, k), dtype=np.int64)
-    _, nbr = tree.query(nodes[units], k=k)  # unit u is node u (interior, then boundary)
-    nbr = np.asarray(nbr, dtype=np.int64).reshape(len(units), k)
+    nbr = stencil_neighbours(cloud.nodes, units, k, tree)  # unit u is node u (interior, boundary)
     return np.where(nbr >= ni + nb, nbr - nb, nbr)
 
 

@@ -116,19 +116,27 @@ def partition_from_units(unit_part: np.ndarray, n_interior: int, n_boundary: int
                      n_interior_total=ni, n_boundary_total=nb, method=method)
 
 
-def stencil_pattern(nodes: np.ndarray, rows: np.ndarray, k: int, tree=None) -> sp.csr_matrix:
-    """0/1 pattern of an RBF-FD operator: row ``i`` references the ``k`` nearest of ``nodes`` to
-    ``nodes[rows[i]]`` (itself included), which is how the stencils are chosen."""
+def stencil_neighbours(nodes: np.ndarray, rows: np.ndarray, k: int, tree=None) -> np.ndarray:
+    """``(len(rows), k)`` indices of the ``k`` nearest of ``nodes`` to each ``nodes[rows[i]]``
+    (itself included): the RBF-FD stencils, as the weights module chooses them."""
     from scipy.spatial import cKDTree
 
     tree = cKDTree(nodes) if tree is None else tree
     k = min(int(k), len(nodes))
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
-        return sp.csr_matrix((0, len(nodes)))
+        return np.zeros((0, k), dtype=np.int64)
     _, nbr = tree.query(nodes[rows], k=k)
-    nbr = np.asarray(nbr, dtype=np.int64).reshape(len(rows), k)
-    indptr = np.arange(0, len(rows) * k + 1, k, dtype=np.int64)
+    return np.asarray(nbr, dtype=np.int64).reshape(len(rows), k)
+
+
+def stencil_pattern(nodes: np.ndarray, rows: np.ndarray, k: int, tree=None) -> sp.csr_matrix:
+    """0/1 pattern of an RBF-FD operator: row ``i`` references the stencil of ``nodes[rows[i]]``."""
+    nbr = stencil_neighbours(nodes, rows, k, tree)
+    if nbr.shape[0] == 0:
+        return sp.csr_matrix((0, len(nodes)))
+    k = nbr.shape[1]
+    indptr = np.arange(0, nbr.shape[0] * k + 1, k, dtype=np.int64)
     return sp.csr_matrix((np.ones(nbr.size), nbr.ravel(), indptr), shape=(len(rows), len(nodes)))
 
 
