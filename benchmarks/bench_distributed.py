@@ -3,6 +3,7 @@
     python benchmarks/bench_distributed.py --backend torch          # 1 process, torch CSR
     python benchmarks/bench_distributed.py --backend petsc          # 1 rank, PETSc
     mpirun -n 2 python benchmarks/bench_distributed.py --backend petsc
+    python benchmarks/bench_distributed.py --compare 1,2            # all of these, with ratios
     ... -log_view                                                   # PETSc's event log
 
 Cloud: the authors' N = 19638 disk (DiskPoissonNodesLarge.mat) by default; paper network
@@ -35,7 +36,12 @@ def main(argv=None):
                     help="the paper's L-BFGS (lr 0.04, no line search; diverges at this N); "
                          "default: strong-Wolfe, as the CLI")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compare", default=None, metavar="RANKS",
+                    help="e.g. '1,2': run torch serial, then PETSc on each rank count (mpirun), "
+                         "back to back, and print the step-time ratios")
     args, _petsc_opts = ap.parse_known_args(argv)  # unknown args (-log_view ...) are PETSc's
+    if args.compare:
+        return compare(args, [int(r) for r in args.compare.split(",")])
 
     import torch
 
@@ -94,6 +100,38 @@ def main(argv=None):
         print(json.dumps(out), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def compare(args, ranks):
+    """Launch this script for torch (1 process) and PETSc at each rank count; print ratios."""
+    import shutil
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    common = [__file__, "--mat", args.mat, "--n", str(args.n), "--order", str(args.order),
+              "--kind", args.kind, "--steps", str(args.steps), "--partitioner", args.partitioner]
+    if args.no_line_search:
+        common.append("--no-line-search")
+    runs = [("torch, 1 process", [sys.executable, *common, "--backend", "torch"])]
+    runs += [(f"petsc, {r} rank(s)", [mpirun, "-n", str(r), sys.executable, *common,
+                                      "--backend", "petsc"]) for r in ranks]
+    rows = []
+    for label, cmd in runs:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(f"{label} failed:\n{res.stderr[-2000:]}")
+        rows.append((label, json.loads(res.stdout.strip().splitlines()[-1])))
+    base = rows[1][1]["time_per_eval_s"] if len(rows) > 1 else rows[0][1]["time_per_eval_s"]
+    print(f"N = {rows[0][1]['n_nodes']}, p = {args.order}, {args.kind}; speed-up against PETSc on "
+          f"{ranks[0]} rank(s)")
+    print(f"{'run':20s} {'s/step':>8s} {'s/eval':>8s} {'speed-up':>9s} {'halo (max)':>11s}")
+    for label, o in rows:
+        halo = max(o["halo"]) if o.get("halo") else 0
+        print(f"{label:20s} {o['time_per_step_s']:8.3f} {o['time_per_eval_s']:8.4f} "
+              f"{base / o['time_per_eval_s']:9.2f} {halo:11d}")
 
 
 if __name__ == "__main__":
