@@ -97,6 +97,11 @@ class _Base:
             return np.zeros(1)
         return np.linspace(0.0, self.t_final, self.nt + 1)
 
+    def network_values(self, model, system) -> torch.Tensor:
+        """The network on ``system.nodes`` (steady problems; the heat classes override)."""
+        fc = self.forcing(system, model.dtype, model.device)
+        return model(fc["X"]).reshape(-1)
+
     def input_dim(self, dim: int) -> int:
         return dim + (1 if self.time_dependent else 0)
 
@@ -205,9 +210,10 @@ class _Base:
         else:
             Xg = Xr.detach().clone().requires_grad_(True)
             u, lap, _, _ = autograd_derivatives(model, Xg, d, create_graph=False)
-            u, lap = u.detach(), lap.detach()
-            extra = torch.exp(u) if self.kind == "nonlinear-poisson" else 0.0
-            r_disc = LU - (torch.exp(U[rows]) if self.kind == "nonlinear-poisson" else 0.0) - fc["f_rows"]
+            lap = lap.detach()
+            # the same exp(u) term in both (u at the rows is the same network value)
+            extra = torch.exp(U[rows]) if self.kind == "nonlinear-poisson" else 0.0
+            r_disc = LU - extra - fc["f_rows"]
             r_auto = lap - extra - fc["f_rows"]
         local = torch.stack([(r_disc ** 2).sum(), (r_auto ** 2).sum()]).to(torch.float64)
         s = system.comm.sum(local.detach())
@@ -220,10 +226,6 @@ class DTPoisson(_Base):
     """DT-PINN, eq. (12): ``||L u - [exp(u)] - f||^2/(Ni+Nb) + ||B u - g||^2/Nb``."""
 
     method = "dt"
-
-    def network_values(self, model, system) -> torch.Tensor:
-        fc = self.forcing(system, model.dtype, model.device)
-        return model(fc["X"]).reshape(-1)
 
     def residual_parts(self, model, system) -> dict:
         fc = self.forcing(system, model.dtype, model.device)
@@ -267,10 +269,6 @@ class VanillaPoisson(_Base):
     """Vanilla PINN, eq. (4): autograd Laplacian on interior nodes, autograd normal derivative."""
 
     method = "vanilla"
-
-    def network_values(self, model, system) -> torch.Tensor:
-        fc = self.forcing(system, model.dtype, model.device)
-        return model(fc["X"]).reshape(-1)
 
     def residual_parts(self, model, system) -> dict:
         fc = self.forcing(system, model.dtype, model.device)
