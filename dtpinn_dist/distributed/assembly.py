@@ -16,9 +16,9 @@ import scipy.sparse as sp
 import torch
 
 from ..operators.system import DiscreteSystem
-from .comm import MPIComm, SerialComm
+from .comm import MPIComm, as_comm
 
-__all__ = ["distributed_system", "init_petsc", "petsc_aij", "bcast_cloud", "local_rows_csr"]
+__all__ = ["distributed_system", "init_petsc", "petsc_aij", "bcast_cloud"]
 
 
 def init_petsc(argv: list[str] | None = None):
@@ -37,22 +37,9 @@ def init_petsc(argv: list[str] | None = None):
     return PETSc
 
 
-def _as_comm(comm):
-    """MPIComm / SerialComm from None, one of those, or an mpi4py communicator."""
-    if comm is None:
-        from .comm import get_comm
-
-        return get_comm("auto")
-    if isinstance(comm, (MPIComm, SerialComm)):
-        return comm
-    if hasattr(comm, "Get_size"):
-        return MPIComm(comm)
-    return comm
-
-
 def bcast_cloud(cloud, comm):
     """The root's cloud on every rank (collective). Use when only rank 0 reads or generates it."""
-    comm = _as_comm(comm)
+    comm = as_comm(comm)
     return comm.bcast(cloud if comm.rank == 0 else None, root=0)
 
 
@@ -79,20 +66,6 @@ def petsc_aij(local: sp.csr_matrix, row_sizes: tuple[int, int], col_sizes: tuple
                              np.ascontiguousarray(local.data, dtype=PETSc.ScalarType)))
     mat.assemble()
     return mat
-
-
-def local_rows_csr(builder, cloud, order, rows: np.ndarray, n_total_rows: int, **kw) -> sp.csr_matrix:
-    """Rows ``rows`` of an RBF-FD operator, computing weights for those rows only.
-
-    ``builder`` is ``rbffd.laplacian_matrix`` or ``rbffd.boundary_matrix``; accepts either
-    return convention (``len(rows)`` rows, or all rows with only ``rows`` filled)."""
-    A = sp.csr_matrix(builder(cloud, order, rows=rows, **kw))
-    if A.shape[0] == len(rows):
-        return A
-    if A.shape[0] == n_total_rows:
-        return A[rows]
-    raise ValueError(f"{getattr(builder, '__name__', builder)} returned {A.shape[0]} rows for "
-                     f"{len(rows)} requested rows (operator has {n_total_rows})")
 
 
 def _remap_columns(A: sp.csr_matrix, new_index: np.ndarray) -> sp.csr_matrix:
@@ -165,7 +138,7 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
     """
     from ..partition import Partition, partition_cloud
 
-    comm = _as_comm(comm)
+    comm = as_comm(comm)
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"the PETSc backend supports float64 (and float32 by casting); got "
                          f"dtype={dtype}")
@@ -189,9 +162,9 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
     if L is None or B is None:
         from ..operators import rbffd
 
-        L_loc = local_rows_csr(rbffd.laplacian_matrix, cloud, order, rows_L, ni + nb)
-        B_loc = local_rows_csr(rbffd.boundary_matrix, cloud, order, rows_B, nb,
-                               alpha=alpha, beta=beta)
+        # weights for this rank's rows only (rbffd returns exactly len(rows) rows)
+        L_loc = rbffd.laplacian_matrix(cloud, order, rows=rows_L)
+        B_loc = rbffd.boundary_matrix(cloud, order, alpha=alpha, beta=beta, rows=rows_B)
     else:
         L, B = sp.csr_matrix(L), sp.csr_matrix(B)
         if L.shape != (ni + nb, n) or B.shape != (nb, n):

@@ -116,6 +116,18 @@ def tensor_hash(t: torch.Tensor | list) -> str:
     return h.hexdigest()[:16]
 
 
+def as_comm(comm, default: str = "auto"):
+    """:class:`SerialComm` / :class:`MPIComm` from one of those, an mpi4py communicator, or None
+    (then :func:`get_comm` of ``default``)."""
+    if comm is None:
+        return get_comm(default)
+    if isinstance(comm, (MPIComm, SerialComm)):
+        return comm
+    if hasattr(comm, "Get_size"):
+        return MPIComm(comm)
+    raise TypeError(f"not a communicator: {comm!r} (give an MPIComm, SerialComm or mpi4py comm)")
+
+
 def get_comm(kind: str = "auto"):
     """The communicator for this run.
 

@@ -152,9 +152,9 @@ class PETScOperator(LinearOperator):
 
     def _apply_block(self, transpose: bool, X: torch.Tensor) -> torch.Tensor:
         n_in, n_out = (self.shape[0], self.shape[1]) if transpose else (self.shape[1], self.shape[0])
-        k = int(X.shape[1])
         if X.dim() != 2:
             raise ValueError(f"{self.name}: expected a 2-D block, got shape {tuple(X.shape)}")
+        k = int(X.shape[1])
         if k == 0:
             return X.new_zeros((n_out, 0))
         xin = self._host(X, n_in, "rmatmat" if transpose else "matmat")

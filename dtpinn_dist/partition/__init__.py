@@ -47,18 +47,6 @@ def graph_partitioner_available() -> str | None:
     return None
 
 
-def _mpi_comm(comm):
-    """mpi4py communicator (or None for serial) from an MPIComm / SerialComm / mpi4py comm."""
-    if comm is None:
-        return None
-    inner = getattr(comm, "comm", None)
-    if inner is not None:
-        return inner
-    if getattr(comm, "size", 1) == 1 and not hasattr(comm, "Get_size"):
-        return None
-    return comm
-
-
 def partition_cloud(cloud, nparts: int | None = None, method: str = "auto", comm=None,
                     order: int = 4, curve: str = "hilbert", unit_part=None) -> Partition:
     """Partition ``cloud.nodes`` into ``nparts`` spatially compact pieces.
@@ -84,7 +72,10 @@ def partition_cloud(cloud, nparts: int | None = None, method: str = "auto", comm
     unit_part : array of Ni + Nb ints, optional
         Use this assignment of interior-then-boundary nodes to parts instead (method ignored).
     """
-    mcomm = _mpi_comm(comm)
+    from ..distributed.comm import as_comm
+
+    # the mpi4py communicator of a multi-rank run, None for one process
+    mcomm = getattr(as_comm(comm, default="serial"), "comm", None)
     if nparts is None:
         nparts = 1 if mcomm is None else mcomm.Get_size()
     nparts = int(nparts)
