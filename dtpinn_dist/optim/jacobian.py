@@ -23,6 +23,8 @@ from torch import nn
 from torch.autograd import forward_ad as fwAD
 from torch.func import functional_call
 
+from ..model.params import copy_flat_into, flatten
+
 __all__ = [
     "LeastSquaresProblem", "DTPINNLeastSquares", "DenseLeastSquares",
     "flat_params", "set_flat_params", "mlp_value_jacobian", "network_jacobian", "mlp_factors",
@@ -40,19 +42,12 @@ class JacobianTooLarge(MemoryError):
 # --------------------------------------------------------------------------------------------
 def flat_params(model: nn.Module) -> torch.Tensor:
     """The model's parameters as one detached flat vector (``model.parameters()`` order)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return flatten(model.parameters())
 
 
 def set_flat_params(model: nn.Module, theta: torch.Tensor) -> None:
     """Copy the flat vector ``theta`` into the model's parameters, in place."""
-    i = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            k = p.numel()
-            p.copy_(theta[i:i + k].view_as(p))
-            i += k
-    if i != theta.numel():
-        raise ValueError(f"theta has {theta.numel()} entries but the model has {i} parameters")
+    copy_flat_into(theta, model.parameters())
 
 
 def _unflatten(model: nn.Module, theta: torch.Tensor) -> dict:

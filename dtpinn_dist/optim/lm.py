@@ -157,7 +157,7 @@ class LevenbergMarquardt:
         n_nodes = 0 if n_nodes is None else len(n_nodes)
         normal = (m * m if dual else p * p) * item
         if not dual and self.comm.size > 1:
-            normal *= 1 + (self.comm.size if self.comm.rank == 0 else 1)  # gather at the root
+            normal *= 2  # the local J^T J and its reduced sum (comm.sum: Reduce + Bcast)
         # J, J*J (column norms), Ju, the normal matrix and its Cholesky factor
         return {"J": 2 * m * p * item, "Ju": n_nodes * p * item, "normal": 2 * normal,
                 "total": 2 * m * p * item + n_nodes * p * item + 2 * normal}

@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch.nn.utils import parameters_to_vector
 
 from ..model.mlp import MLP
+from ..model.params import copy_flat_into, flatten
 from ..optim.first_order import default_lr, make_optimizer
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train"]
@@ -183,10 +183,10 @@ class Trainer:
         return bool(f) and self.history and loss > f * self.history[0]["loss"]
 
     def _flat(self) -> torch.Tensor:
-        return parameters_to_vector(self.params).detach()
+        return flatten(self.params)
 
     def _set_flat(self, v: torch.Tensor) -> None:
-        _copy_into(v, self.params)
+        copy_flat_into(v, self.params)
 
     def closure(self) -> torch.Tensor:
         """zero_grad, local loss, backward, global gradient and loss (one comm.sum each)."""
@@ -197,8 +197,8 @@ class Trainer:
         comm = self.comm
         if comm.size > 1:
             # one reduction for the whole gradient, bit-identical on every rank
-            g = comm.sum(parameters_to_vector(p.grad for p in self.params))
-            _copy_into(g, [p.grad for p in self.params])
+            g = comm.sum(flatten(p.grad for p in self.params))
+            copy_flat_into(g, [p.grad for p in self.params])
             loss = comm.sum(local.detach())
         else:
             loss = local.detach()
@@ -357,14 +357,6 @@ class Trainer:
         self.step_count, self.evals = int(state["step"]), int(state["evals"])
         self.train_time, self.eval_time = float(state["train_time_s"]), float(state["eval_time_s"])
         self.history = copy.deepcopy(state["history"])
-
-
-def _copy_into(v: torch.Tensor, tensors) -> None:
-    """Copy the flat vector ``v`` into ``tensors`` in place (no aliasing of ``v``)."""
-    tensors = list(tensors)
-    with torch.no_grad():
-        for t, x in zip(tensors, torch.split(v, [t.numel() for t in tensors])):
-            t.copy_(x.view_as(t))
 
 
 def train(problem, system, config: TrainConfig | None = None, model=None, log=print):
