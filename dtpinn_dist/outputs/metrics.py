@@ -58,11 +58,7 @@ def write_metrics(out: str | os.PathLike, settings: dict, result, ranks: int = 1
 
     Written atomically (temp file + rename) so a crash never leaves a half file.
     """
-    out = Path(out)
-    path = out / "metrics.json"
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    path = prepare_out_dir(out, overwrite=overwrite) / "metrics.json"
     doc = {"settings": settings, "ranks": int(ranks), **result.summary(),
            "history": result.history}
     tmp = path.with_suffix(".json.tmp")
