@@ -223,7 +223,7 @@ def run(args, log=print) -> dict:
     if args.check_lockstep and comm.size > 1:
         _check_lockstep_on_evaluate(trainer)
     result = trainer.train()
-    settings = {k: v for k, v in vars(args).items()}
+    settings = dict(vars(args))
     settings.update({"dtype": dtype_name, "backend": backend, "device": device,
                      "lr": trainer.lr, "lr_by_phase": trainer.lrs, "alpha": alpha, "beta": beta, "cloud": cloud_desc,
                      "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,
