@@ -46,14 +46,14 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from dtpinn_dist.distributed.comm import get_comm
+    from dtpinn_dist.comm import get_comm
     from dtpinn_dist.geometry import load_mat
     from dtpinn_dist.problems import make_problem, manufactured
     from dtpinn_dist.train.trainer import TrainConfig, Trainer
 
     comm = get_comm("auto")
     if args.backend == "petsc":
-        from dtpinn_dist.distributed.assembly import init_petsc
+        from dtpinn_dist.comm import init_petsc
 
         init_petsc(_petsc_opts)
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
 
-    from dtpinn_dist.distributed.comm import get_comm
+    from dtpinn_dist.comm import get_comm
     from dtpinn_dist.partition import cloud_halo_report, partition_cloud, stencil_size
 
     comm = get_comm("auto")

@@ -21,20 +21,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def _mpi_rank_size():
-    # Read the launcher's environment rather than importing mpi4py: serial runs never need MPI.
-    for r, s in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
-                 ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
-        if r in os.environ and s in os.environ:
-            return int(os.environ[r]), int(os.environ[s])
-    if "PMIX_RANK" in os.environ:
-        from mpi4py import MPI
+from dtpinn_dist.comm.launch import launch_rank_size  # noqa: E402 (reads the launcher's env)
 
-        return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-    return 0, 1
-
-
-RANK, SIZE = _mpi_rank_size()
+RANK, SIZE = launch_rank_size()
 _quiet_buffer = None
 _exitstatus = 0
 
@@ -77,7 +66,7 @@ def shared_reference():
 @pytest.fixture(scope="session")
 def comm():
     """The run's communicator: SerialComm in plain pytest, MPIComm under mpirun."""
-    from dtpinn_dist.distributed.comm import get_comm
+    from dtpinn_dist.comm import get_comm
 
     return get_comm("mpi" if SIZE > 1 else "serial")
 

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("petsc4py")
 pytest.importorskip("mpi4py")
 
-from dtpinn_dist.distributed.comm import tensor_hash  # noqa: E402
+from dtpinn_dist.comm import tensor_hash  # noqa: E402
 
 ORDER = 3
 
@@ -180,8 +180,8 @@ _FAIL_SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
     from mpi4py import MPI
-    from dtpinn_dist.distributed.errors import abort_on_exception
-    from dtpinn_dist.distributed.comm import MPIComm
+    from dtpinn_dist.comm import abort_on_exception
+    from dtpinn_dist.comm import MPIComm
 
     mode = sys.argv[1]
     comm = MPIComm()

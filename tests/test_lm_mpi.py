@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("petsc4py")
 pytest.importorskip("mpi4py")
 
-from dtpinn_dist.distributed.comm import tensor_hash  # noqa: E402
+from dtpinn_dist.comm import tensor_hash  # noqa: E402
 from dtpinn_dist.model import MLP  # noqa: E402
 from dtpinn_dist.optim.jacobian import DTPINNLeastSquares  # noqa: E402
 from dtpinn_dist.optim.lm import LevenbergMarquardt  # noqa: E402

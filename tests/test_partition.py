@@ -116,7 +116,7 @@ def test_given_units_and_bad_input():
 def test_graph_partition_identical_on_all_ranks(comm, nparts):
     """PETSc MatPartitioning (PT-Scotch/ParMETIS) on the stencil graph, or the Hilbert fallback
     under 'auto': valid, compact, and the same on every rank (also with nparts != ranks)."""
-    from dtpinn_dist.distributed.comm import tensor_hash
+    from dtpinn_dist.comm import tensor_hash
     import torch
 
     cloud = disk_cloud(40)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.mpi
 
 
 def _petsc():
-    from dtpinn_dist.distributed.assembly import init_petsc
+    from dtpinn_dist.comm import init_petsc
 
     return init_petsc()
 

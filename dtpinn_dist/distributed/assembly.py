@@ -9,32 +9,14 @@ preallocation (no communication but the layout setup, since every row is set by 
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from ..operators.system import DiscreteSystem
-from .comm import MPIComm, as_comm
+from ..comm import MPIComm, as_comm, init_petsc
 
-__all__ = ["distributed_system", "init_petsc", "petsc_aij", "bcast_cloud"]
-
-
-def init_petsc(argv: list[str] | None = None):
-    """Import PETSc, initialising it with ``argv`` (PETSc-style options such as
-    ``['-log_view', '-mat_type', 'aijcusparse']``). Options also come from the ``PETSC_OPTIONS``
-    environment variable, the way to pass them through a CLI whose own parser would reject them:
-    ``PETSC_OPTIONS="-log_view" mpirun -n 2 python -m dtpinn_dist.train ...``. ``sys.argv`` is NOT
-    passed by default (PETSc would report the application's own flags as unused options).
-    A no-op once PETSc is imported. Collective on the first call (PetscInitialize)."""
-    if "petsc4py.PETSc" not in sys.modules:
-        import petsc4py
-
-        petsc4py.init([sys.argv[0] if sys.argv else "dtpinn"] + list(argv or []))
-    from petsc4py import PETSc
-
-    return PETSc
+__all__ = ["distributed_system", "petsc_aij", "bcast_cloud"]
 
 
 def bcast_cloud(cloud, comm):
@@ -95,9 +77,9 @@ def _split_test(test: np.ndarray | None, n_test: int | None, size: int, rank: in
     return test[np.sort(o[off[rank]:off[rank + 1]])]
 
 
-def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: float = 1.0,
-                       dtype: torch.dtype = torch.float64, partitioner: str = "auto",
-                       n_test: int | None = None, device="cpu", L=None, B=None,
+def distributed_system(cloud, order: int, comm=None, specs: dict | None = None, *,
+                       alpha=1.0, beta=1.0, dtype: torch.dtype = torch.float64,
+                       partitioner: str = "auto", n_test: int | None = None, device="cpu",
                        partition=None, options_prefix: str | None = None,
                        explicit_transpose: bool = True) -> DiscreteSystem:
     """This rank's :class:`DiscreteSystem` with PETSc MPIAIJ operators. Collective.
@@ -108,9 +90,10 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
         Identical on every rank (see :func:`bcast_cloud`); ghosts are added if missing.
     order : int
         RBF-FD order p.
-    comm : MPIComm, SerialComm, mpi4py communicator or None (``get_comm('auto')``)
-    alpha, beta : float
-        Robin operator ``alpha d/dn + beta`` of B.
+    comm : MPIComm, SerialComm, mpi4py communicator or None (detected: :func:`~dtpinn_dist.comm.as_comm`)
+    specs : dict, optional
+        Name -> :class:`~dtpinn_dist.operators.rbffd.OperatorSpec`; default: the paper's L and B
+        (Robin ``alpha d/dn + beta``).
     dtype : torch.dtype
         float64 (PETSc's scalar); float32 works through casts (vanilla PINNs).
     partitioner : str
@@ -119,14 +102,10 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
     n_test : int, optional
         Use the first ``n_test`` of ``cloud.test``; they are split over the ranks (each rank
         evaluates the error on its share; sum with ``comm.sum``).
-    L, B : scipy sparse, optional
-        Whole operators in cloud numbering (rows Ni+Nb resp. Nb, columns ``cloud.nodes``), e.g.
-        precomputed; each rank takes its rows. When omitted each rank computes the RBF-FD weights
-        of its own rows only.
     partition : Partition, optional
         Use this partition (must have ``comm.size`` parts) instead of computing one.
     options_prefix : str, optional
-        PETSc options prefix for both matrices (default none, so ``-mat_type`` applies).
+        PETSc options prefix for the matrices (default none, so ``-mat_type`` applies).
 
     Returns
     -------
@@ -134,19 +113,22 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
         ``nodes`` = this rank's nodes in local order (owned interior, boundary, ghost; each in
         ascending cloud index), ``row_index = arange(ni + nb)``, ``boundary_index =
         arange(ni, ni + nb)``, ``interior_index = arange(ni)`` (all local), global counts, and
-        ``info`` with the partition and halo figures (identical on all ranks).
+        ``info`` with the partition and halo figures (identical on all ranks). Each rank computes
+        the RBF-FD weights of its own rows only.
     """
+    from ..operators.rbffd import paper_specs, spec_matrix
     from ..partition import Partition, partition_cloud
+    from .petsc_operator import PETScOperator
 
     comm = as_comm(comm)
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"the PETSc backend supports float64 (and float32 by casting); got "
                          f"dtype={dtype}")
-    if int(order) < 1:
-        raise ValueError(f"order must be a positive integer, got {order}")
     cloud.validate()
     if cloud.ghost is None:
         cloud = cloud.with_ghost()
+    if specs is None:
+        specs = paper_specs(cloud, alpha, beta)
     PETSc = init_petsc()
     pcomm = comm.comm if isinstance(comm, MPIComm) else PETSc.COMM_SELF
     rank, size = comm.rank, comm.size
@@ -157,56 +139,44 @@ def distributed_system(cloud, order: int, comm=None, alpha: float = 1.0, beta: f
     elif not isinstance(partition, Partition) or partition.nparts != size:
         raise ValueError(f"partition must be a Partition with {size} parts (one per rank)")
     P = partition
-    rows_L, rows_B = P.L_rows(rank), P.B_rows(rank)
-
-    if L is None or B is None:
-        from ..operators import rbffd
-
-        # weights for this rank's rows only (rbffd returns exactly len(rows) rows)
-        L_loc = rbffd.laplacian_matrix(cloud, order, rows=rows_L)
-        B_loc = rbffd.boundary_matrix(cloud, order, alpha=alpha, beta=beta, rows=rows_B)
-    else:
-        L, B = sp.csr_matrix(L), sp.csr_matrix(B)
-        if L.shape != (ni + nb, n) or B.shape != (nb, n):
-            raise ValueError(f"operator shapes L{L.shape}, B{B.shape} do not match the cloud "
-                             f"(expected L ({ni + nb}, {n}) and B ({nb}, {n}))")
-        L_loc, B_loc = L[rows_L], B[rows_B]
-    L_loc = _remap_columns(L_loc, P.new_index)
-    B_loc = _remap_columns(B_loc, P.new_index)
-
+    rows = {"collocation": P.L_rows(rank), "boundary": P.B_rows(rank)}
     n_loc = int(P.offsets[rank + 1] - P.offsets[rank])
-    cols = (n_loc, n)
-    from .petsc_operator import PETScOperator
-
-    Lm = petsc_aij(L_loc, (len(rows_L), ni + nb), cols, pcomm, "L", options_prefix)
-    Bm = petsc_aij(B_loc, (len(rows_B), nb), cols, pcomm, "B", options_prefix)
-    Lop = PETScOperator(Lm, dtype=dtype, device=device, explicit_transpose=explicit_transpose, name="L")
-    Bop = PETScOperator(Bm, dtype=dtype, device=device, explicit_transpose=explicit_transpose, name="B")
+    ops, blocks = {}, []
+    for name, spec in specs.items():
+        # weights for this rank's rows only, columns renumbered to the partition's numbering
+        local = _remap_columns(spec_matrix(cloud, order, spec, rows=rows[spec.rows]),
+                               P.new_index)
+        blocks.append(local)
+        total = ni + nb if spec.rows == "collocation" else nb
+        mat = petsc_aij(local, (len(rows[spec.rows]), total), (n_loc, n), pcomm, name,
+                        options_prefix)
+        ops[name] = PETScOperator(mat, dtype=dtype, device=device,
+                                  explicit_transpose=explicit_transpose, name=name)
 
     nodes_idx = P.owned_nodes(rank)
     i_loc, b_loc = int(P.n_interior[rank]), int(P.n_boundary[rank])
     # Halo = distinct off-rank columns referenced by this rank's rows (from the CSR blocks just
-    # handed to PETSc: global column indices), for L, B and both together.
+    # handed to PETSc: global column indices), counted once over all operators.
     c0, c1 = int(P.offsets[rank]), int(P.offsets[rank + 1])
-
-    def off_rank(cols):
-        cols = np.unique(cols)
-        return cols[(cols < c0) | (cols >= c1)]
-
-    halo_L, halo_B = len(off_rank(L_loc.indices)), len(off_rank(B_loc.indices))
-    halo = len(off_rank(np.concatenate([L_loc.indices, B_loc.indices])))
+    cols = np.unique(np.concatenate([b.indices for b in blocks] + [np.zeros(0, np.int64)]))
+    halo = int(np.count_nonzero((cols < c0) | (cols >= c1)))
     halos = comm.allgather(halo)
+    mat_type = next(iter(ops.values())).mat_type if ops else None
     info = {"backend": "petsc", "order": int(order), "n_nodes": int(n), "ranks": int(size),
             "rank": int(rank), "partitioner": P.method, "owned": [int(s) for s in P.sizes()],
             "halo": [int(h) for h in halos],
-            "halo_fraction": float(sum(halos) / max(n, 1)),
-            "local_halo_L": halo_L, "local_halo_B": halo_B,
-            "mat_type": Lop.mat_type, "partition": P}
+            "halo_fraction": float(sum(halos) / max(n, 1)), "mat_type": mat_type,
+            "partition": P}
+    tags = getattr(cloud, "boundary_tags", None)
+    bids = P.boundary_ids[rank]
     return DiscreteSystem(
         nodes=np.ascontiguousarray(cloud.nodes[nodes_idx]),
         row_index=np.arange(i_loc + b_loc), boundary_index=np.arange(i_loc, i_loc + b_loc),
         interior_index=np.arange(i_loc),
-        normals=np.ascontiguousarray(cloud.normals[P.boundary_ids[rank]], dtype=np.float64),
-        L=Lop, B=Bop, n_rows_L=ni + nb, n_rows_B=nb, n_interior=ni, comm=comm,
-        test_points=_split_test(cloud.test, n_test, size, rank),
-        alpha=float(alpha), beta=float(beta), info=info)
+        normals=np.ascontiguousarray(cloud.normals[bids], dtype=np.float64),
+        boundary_tags=(np.zeros(len(bids), np.int64) if tags is None
+                       else np.asarray(tags, np.int64)[bids]),
+        ops=ops, rows_of={name: spec.rows for name, spec in specs.items()},
+        n_collocation=ni + nb, n_boundary=nb, n_interior=ni, comm=comm,
+        dtype=dtype, device=torch.device(device),
+        test_points=_split_test(cloud.test, n_test, size, rank), info=info)

@@ -18,11 +18,11 @@ def cupy_available() -> tuple[bool, str]:
         import cupy
     except ImportError:
         return False, ("the cupy backend needs CuPy: pip install 'dtpinn-dist[gpu]' (cupy-cuda12x "
-                       "matching your CUDA), or use --backend torch")
+                       "matching your CUDA), or use the torch backend")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # cupy raises its own CUDARuntimeError without a driver
-        return False, f"CuPy found no usable CUDA device ({exc}); use --backend torch"
+        return False, f"CuPy found no usable CUDA device ({exc}); use the torch backend"
     if n < 1 or not torch.cuda.is_available():
         return False, ("the cupy backend needs a CUDA GPU visible to both CuPy and torch; "
                        "use --backend torch")

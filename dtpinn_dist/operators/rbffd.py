@@ -30,7 +30,7 @@ from .polynomials import n_poly, poly_deriv_at_zero, poly_values
 
 __all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weights_to_csr",
            "laplacian_matrix", "gradient_matrix", "boundary_matrix", "biharmonic_matrix",
-           "assemble", "THETA"]
+           "assemble", "THETA", "check_order", "OperatorSpec", "spec_matrix", "paper_specs", "ROW_KINDS"]
 
 #: Operator order theta of each operator kind.
 THETA = {"identity": 1, "gradient": 1, "robin": 1, "laplacian": 2, "biharmonic": 4}
@@ -56,12 +56,20 @@ def stencil_params(order: int, theta: int, dim: int) -> tuple[int, int, int]:
     return l, m, 2 * comb(l + dim, dim) + 1
 
 
+def check_order(order, dim: int = 2) -> int:
+    """The accuracy order p as an int, or ValueError (the one place ``order`` is validated)."""
+    stencil_params(order, 1, dim)
+    return int(order)
+
+
 @dataclass
 class Operator:
     """A linear differential operator as a sum of terms ``coef * D`` evaluated at the centre.
 
     ``terms`` is a list of ``(kind, coef)`` with kind one of ``"id"``, ``("d", k)`` (d/dx_k),
-    ``"lap"``, ``"bilap"`` and ``coef`` a scalar or an array with one value per centre.
+    ``("dd", (a, b))`` (d2/dx_a dx_b), ``"lap"``, ``"bilap"`` and ``coef`` a scalar or an array
+    with one value per centre. ``theta`` is the operator order (the highest derivative; at
+    least 1, so that a pure identity row uses the stencil of the paper's boundary operator).
     """
 
     terms: list = field(default_factory=list)
@@ -129,11 +137,18 @@ def _rhs(op: Operator, Y, r, R, sel, l: int, m: int):
                     pb = pb + 2 * poly_deriv_at_zero(
                         l, d, tuple(2 * (q == i or q == j) for q in range(d)))
             k = 4
-        else:  # ("d", axis): d/dy_a |y - y_j|^m at 0 = -m |y_j|^(m-2) y_ja
+        elif kind[0] == "d":  # ("d", axis): d/dy_a |y - y_j|^m at 0 = -m |y_j|^(m-2) y_ja
             a = kind[1]
             rb = -m * rm2 * Y[:, :, a]
             pb = poly_deriv_at_zero(l, d, tuple(int(j == a) for j in range(d)))
             k = 1
+        else:  # ("dd", (a, b)): d2/dy_a dy_b |y - y_j|^m at 0
+            a, b = kind[1]  # = m r^(m-2) delta_ab + m (m-2) r^(m-4) y_ja y_jb
+            rb = m * (m - 2) * r ** (m - 4) * Y[:, :, a] * Y[:, :, b]
+            if a == b:
+                rb = rb + m * rm2
+            pb = poly_deriv_at_zero(l, d, tuple(int(j == a) + int(j == b) for j in range(d)))
+            k = 2
         scale = cf * R ** (-k)  # broadcasts a scalar or per-centre coefficient
         rhs[:, :n] += scale[:, None] * rb
         rhs[:, n:] += scale[:, None] * pb[None, :]
@@ -301,9 +316,78 @@ def _cloud_op_matrix(cloud, order, op_name, rows, **kw):
     return weights_to_csr(idx, w, len(nodes))
 
 
+#: Row sets an operator can have: interior + boundary nodes (the PDE rows of L), boundary nodes.
+ROW_KINDS = ("collocation", "boundary")
+
+
+@dataclass
+class OperatorSpec:
+    """An operator to assemble on a cloud: its rows and its terms, coefficients per row.
+
+    Parameters
+    ----------
+    name : str
+    rows : {"collocation", "boundary"}
+        Interior + boundary nodes (``cloud.collocation``, the rows of L) or boundary nodes.
+    terms : list of (kind, coef)
+        Term kinds as in :class:`Operator`; ``coef`` a number or a callable ``ids -> array``
+        giving the coefficient at the rows ``ids`` (numbers within ``rows``), so that a rank
+        evaluates coefficients for the rows it owns only.
+    theta : int
+        Operator order (highest derivative order; 1 is used for a pure identity).
+    """
+
+    name: str
+    rows: str
+    terms: list
+    theta: int
+
+    def __post_init__(self):
+        if self.rows not in ROW_KINDS:
+            raise ValueError(f"operator rows must be one of {ROW_KINDS}, got {self.rows!r}")
+
+    def operator(self, ids) -> Operator:
+        """The :class:`Operator` at the rows ``ids``."""
+        return Operator([(k, c(ids) if callable(c) else c) for k, c in self.terms],
+                        max(1, int(self.theta)), self.name)
+
+
+def spec_matrix(cloud, order: int, spec: OperatorSpec, rows=None) -> sp.csr_matrix:
+    """The RBF-FD matrix of ``spec`` at its rows (or the subset ``rows``), columns
+    ``cloud.nodes``."""
+    ni, nb = cloud.n_interior, cloud.n_boundary
+    colloc = spec.rows == "collocation"
+    rows = _rows(rows, ni + nb if colloc else nb, "interior+boundary" if colloc else "boundary")
+    nodes = cloud.nodes
+    centers = nodes[rows] if colloc else cloud.boundary[rows]
+    idx, w = rbffd_weights(nodes, centers, spec.operator(rows), order,
+                           center_ids=rows if colloc else ni + rows)
+    return weights_to_csr(idx, w, len(nodes))
+
+
+def paper_specs(cloud, alpha=1.0, beta=1.0) -> dict:
+    """The paper's operators: ``L`` (Laplacian, rows interior + boundary) and ``B`` (Robin
+    ``alpha n.grad + beta``, rows boundary); ``alpha``, ``beta`` scalars or one per boundary
+    node."""
+    nb, d = cloud.n_boundary, cloud.dim
+    coefs = []
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim > 1 or (v.ndim == 1 and len(v) != nb):
+            raise ValueError(f"{name} must be a scalar or one value per boundary node "
+                             f"(length {nb}), got shape {v.shape}")
+        coefs.append(np.broadcast_to(v, (nb,)))
+    a, b = coefs
+    normals = np.asarray(cloud.normals, dtype=np.float64)
+    robin = [(("d", k), (lambda ids, k=k: a[ids] * normals[ids, k])) for k in range(d)]
+    robin.append(("id", lambda ids: b[ids]))
+    return {"L": OperatorSpec("L", "collocation", [("lap", 1.0)], 2),
+            "B": OperatorSpec("B", "boundary", robin, 1)}
+
+
 def laplacian_matrix(cloud, order: int, rows=None) -> sp.csr_matrix:
     """Laplacian: rows interior+boundary (or the subset ``rows``), columns ``cloud.nodes``."""
-    return _cloud_op_matrix(cloud, order, "laplacian", rows)
+    return spec_matrix(cloud, order, OperatorSpec("L", "collocation", [("lap", 1.0)], 2), rows)
 
 
 def biharmonic_matrix(cloud, order: int, rows=None) -> sp.csr_matrix:
@@ -320,21 +404,7 @@ def boundary_matrix(cloud, order: int, alpha=1.0, beta=1.0, rows=None) -> sp.csr
     """Robin operator ``alpha n.grad + beta`` at the boundary nodes (Dirichlet: alpha=0,
     Neumann: beta=0); ``alpha``/``beta`` scalars or length-Nb arrays.  Rows: boundary nodes (or
     the subset ``rows`` of 0..Nb-1); columns ``cloud.nodes``."""
-    Nb, Ni = cloud.n_boundary, cloud.n_interior
-    rows = _rows(rows, Nb, "boundary")
-    coefs = []
-    for name, v in (("alpha", alpha), ("beta", beta)):
-        v = np.asarray(v, dtype=np.float64)
-        if v.ndim > 1 or (v.ndim == 1 and len(v) != Nb):
-            raise ValueError(f"{name} must be a scalar or one value per boundary node "
-                             f"(length {Nb}), got shape {v.shape}")
-        coefs.append(np.broadcast_to(v, (Nb,))[rows])
-    alpha, beta = coefs
-    nodes = cloud.nodes
-    idx, w = rbffd_weights(nodes, cloud.boundary[rows], "robin", order,
-                           normals=cloud.normals[rows], alpha=alpha, beta=beta,
-                           center_ids=Ni + rows)
-    return weights_to_csr(idx, w, len(nodes))
+    return spec_matrix(cloud, order, paper_specs(cloud, alpha, beta)["B"], rows)
 
 
 def assemble(cloud, order: int, alpha=1.0, beta=1.0):

@@ -99,40 +99,42 @@ def serial_operator(A, backend: str = "torch", dtype: torch.dtype = torch.float6
                      "('petsc' goes through dtpinn_dist.distributed.assembly.distributed_system)")
 
 
-def serial_system(cloud, order: int, alpha: float = 1.0, beta: float = 1.0,
-                  dtype: torch.dtype = torch.float64, device="cpu", backend: str = "torch",
-                  L=None, B=None) -> DiscreteSystem:
+def serial_system(cloud, order: int, specs: dict | None = None, *, alpha=1.0, beta=1.0,
+                  dtype: torch.dtype = torch.float64, device="cpu",
+                  backend: str = "torch") -> DiscreteSystem:
     """The whole cloud as one rank's :class:`DiscreteSystem` (``comm = SerialComm()``).
 
     Parameters
     ----------
     cloud : dtpinn_dist.geometry.PointCloud
-        Must have ghost nodes (``cloud.with_ghost()``) for the RBF-FD operators.
+        Ghost nodes are added (``cloud.with_ghost()``) when missing.
     order : int
         RBF-FD order p.
-    alpha, beta : float
-        Boundary operator ``alpha d/dn + beta``.
-    L, B : scipy sparse, optional
-        Precomputed operators (rows Ni+Nb resp. Nb, columns ``cloud.nodes``); assembled with
-        :func:`dtpinn_dist.operators.rbffd.assemble` when omitted.
+    specs : dict, optional
+        Name -> :class:`~dtpinn_dist.operators.rbffd.OperatorSpec`; default: the paper's L and B
+        (:func:`~dtpinn_dist.operators.rbffd.paper_specs` with ``alpha``, ``beta``).
+    dtype, device, backend
+        Of the operators' products ('torch' sparse CSR or 'cupy').
     """
-    from ..distributed.comm import SerialComm
+    from ..comm import SerialComm
+    from .rbffd import paper_specs, spec_matrix
 
     if cloud.ghost is None:
         cloud = cloud.with_ghost()
-    if L is None or B is None:
-        from .rbffd import assemble
-        L, B = assemble(cloud, order, alpha=alpha, beta=beta)
+    if specs is None:
+        specs = paper_specs(cloud, alpha, beta)
+    if backend == "cupy" and torch.device(device).type == "cpu":
+        device = "cuda"
     ni, nb = cloud.n_interior, cloud.n_boundary
-    n = cloud.n_nodes
-    if L.shape != (ni + nb, n) or B.shape != (nb, n):
-        raise ValueError(f"operator shapes L{L.shape}, B{B.shape} do not match the cloud "
-                         f"(expected L ({ni + nb}, {n}) and B ({nb}, {n}))")
+    ops = {name: serial_operator(spec_matrix(cloud, order, spec), backend, dtype, device)
+           for name, spec in specs.items()}
+    tags = getattr(cloud, "boundary_tags", None)
     return DiscreteSystem(
         nodes=cloud.nodes, row_index=np.arange(ni + nb), boundary_index=np.arange(ni, ni + nb),
         interior_index=np.arange(ni), normals=np.asarray(cloud.normals, dtype=np.float64),
-        L=serial_operator(L, backend, dtype, device), B=serial_operator(B, backend, dtype, device),
-        n_rows_L=ni + nb, n_rows_B=nb, n_interior=ni, comm=SerialComm(),
+        boundary_tags=np.zeros(nb, np.int64) if tags is None else np.asarray(tags, np.int64),
+        ops=ops, rows_of={name: spec.rows for name, spec in specs.items()},
+        n_collocation=ni + nb, n_boundary=nb, n_interior=ni, comm=SerialComm(),
+        dtype=dtype, device=torch.device(device),
         test_points=None if cloud.test is None else np.asarray(cloud.test, dtype=np.float64),
-        alpha=float(alpha), beta=float(beta),
-        info={"backend": backend, "order": int(order), "n_nodes": int(n)})
+        info={"backend": backend, "order": int(order), "n_nodes": int(cloud.n_nodes)})

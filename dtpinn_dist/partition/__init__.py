@@ -72,10 +72,10 @@ def partition_cloud(cloud, nparts: int | None = None, method: str = "auto", comm
     unit_part : array of Ni + Nb ints, optional
         Use this assignment of interior-then-boundary nodes to parts instead (method ignored).
     """
-    from ..distributed.comm import as_comm
+    from ..comm import as_comm
 
     # the mpi4py communicator of a multi-rank run, None for one process
-    mcomm = getattr(as_comm(comm, default="serial"), "comm", None)
+    mcomm = getattr(as_comm(comm), "comm", None)
     if nparts is None:
         nparts = 1 if mcomm is None else mcomm.Get_size()
     nparts = int(nparts)

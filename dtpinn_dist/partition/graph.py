@@ -36,7 +36,7 @@ def graph_partition(cloud, nparts: int, method: str = "ptscotch", comm=None, ord
     nodes (a boundary unit carries a ghost), a few percent.
     PETSc options of the partitioner (``-mat_partitioning_ptscotch_imbalance`` ...) apply.
     """
-    from ..distributed.assembly import init_petsc
+    from ..comm import init_petsc
     from . import stencil_size
 
     PETSc = init_petsc()

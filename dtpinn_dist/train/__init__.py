@@ -1,4 +1,1 @@
-"""Training: the trainer (:mod:`.trainer`) and the command line (``python -m dtpinn_dist.train``)."""
-from .trainer import TrainConfig, Trainer, TrainResult, train
-
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "train"]
+"""The command line ``python -m dtpinn_dist.train``: a thin layer over :func:`dtpinn_dist.fit`."""

@@ -1,4 +1,5 @@
-"""One training loop for DT and vanilla PINNs, serial and distributed.
+"""The one training loop: phases of a schedule, stop rules, budgets, evaluation (DT and vanilla
+PINNs, serial and distributed).
 
 Distributed rules (all ranks must take bit-identical optimizer steps):
 
@@ -21,9 +22,10 @@ import torch
 
 from ..model.mlp import MLP
 from ..model.params import copy_flat_into, flatten
-from ..optim.first_order import default_lr, make_optimizer
+from .first_order import default_lr
+from .registry import build, parse_schedule
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "train"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer"]
 
 
 @dataclass
@@ -32,13 +34,20 @@ class TrainConfig:
 
     Attributes
     ----------
-    optimizer : {'lbfgs', 'adam', 'lm'}
+    optimizer : str
+        A name of :data:`~dtpinn_dist.optimizer.registry.OPTIMIZERS` ('lbfgs', 'adam', 'lm').
     lr : float or None
-        None: the paper's rate for (method, problem) (:func:`~dtpinn_dist.optim.default_lr`).
+        None: 1.0 for L-BFGS with a line search, the paper's rate without one
+        (:func:`~dtpinn_dist.optimizer.first_order.default_lr`), 1e-3 for Adam.
     line_search : bool
-        L-BFGS strong-Wolfe line search (the paper: none).
+        L-BFGS strong-Wolfe line search (default; the paper used none: ``False`` with the
+        paper's rates).
     history_size, max_iter : int
         L-BFGS memory and inner iterations per step (torch defaults, as the authors).
+    tolerance_grad, tolerance_change : float
+        L-BFGS stopping tolerances (torch's 1e-7 and 1e-9 end runs that are still improving;
+        0 stops only at a zero gradient or a zero step). The stop reason names the one that
+        fired.
     steps : int
         Optimizer steps (``optimizer.step`` calls) budget.
     tol : float
@@ -66,9 +75,11 @@ class TrainConfig:
 
     optimizer: str = "lbfgs"
     lr: float | None = None
-    line_search: bool = False
+    line_search: bool = True
     history_size: int = 100
     max_iter: int = 20
+    tolerance_grad: float = 0.0
+    tolerance_change: float = 0.0
     steps: int = 500
     tol: float = 0.0
     time_budget: float | None = None
@@ -106,46 +117,43 @@ class TrainResult:
 
 
 class Trainer:
-    """Train ``model`` on ``problem`` over ``system`` (this rank's share).
+    """Train ``model`` on a :class:`~dtpinn_dist.problem.discrete.Discretization` (this rank's
+    share of it).
 
     Parameters
     ----------
-    problem
-        A problem object from :mod:`dtpinn_dist.problems` (DT or vanilla).
-    system : DiscreteSystem
+    disc : Discretization
     config : TrainConfig
     model : torch.nn.Module, optional
-        Default: :class:`~dtpinn_dist.model.MLP` of ``config``'s shape in the operators' dtype.
+        Default: :class:`~dtpinn_dist.model.MLP` of ``config``'s shape in the discretisation's
+        dtype.
     log : callable
         Where progress lines go (called on rank 0 only).
     """
 
-    def __init__(self, problem, system, config: TrainConfig | None = None, model=None, log=print):
-        self.problem, self.system = problem, system
+    def __init__(self, disc, config: TrainConfig | None = None, model=None, log=print):
+        self.disc = disc
         self.config = cfg = config or TrainConfig()
-        self.comm = system.comm
+        self.comm = disc.comm
         self.log = log
-        dtype = system.L.dtype
+        dtype = disc.dtype
         if model is None:
-            model = MLP(problem.input_dim(system.dim), cfg.width, cfg.depth, dtype=dtype,
-                        seed=cfg.seed, activation=cfg.activation, device=system.L.device)
-        if model.dtype != dtype:
-            raise ValueError(f"network is {model.dtype} but the operators are {dtype}; build the "
-                             "system with the network's dtype")
+            model = MLP(disc.input_dim, cfg.width, cfg.depth, dtype=dtype, seed=cfg.seed,
+                        activation=cfg.activation, device=disc.device)
+        pdt = next(model.parameters()).dtype
+        if pdt != dtype:
+            raise ValueError(f"the network is {pdt} but the discretisation is {dtype}; "
+                             "discretize with the network's dtype")
         self.model = model
         # every rank starts from rank 0's weights, whatever its own init produced
         state = self.comm.bcast({k: v.detach().cpu() for k, v in model.state_dict().items()}
                                 if self.comm.rank == 0 else None)
         model.load_state_dict(state)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        if cfg.schedule:
-            from ..optim.lm import parse_schedule
-            self.phases = parse_schedule(cfg.schedule)
-        else:
-            self.phases = [(cfg.optimizer, cfg.steps)]
+        self.phases = parse_schedule(cfg.schedule) if cfg.schedule else [(cfg.optimizer, cfg.steps)]
         # learning rate of each first-order phase (None for LM), as used
         self.lrs = [None if name == "lm" else (cfg.lr if cfg.lr is not None else default_lr(
-            name, problem.method, problem.kind, cfg.line_search)) for name, _ in self.phases]
+            name, disc.method, disc.problem.name, cfg.line_search)) for name, _ in self.phases]
         self.lr = next((lr for lr in self.lrs if lr is not None), None)
         self.phase, self.phase_start = 0, 0
         self._set_optimizer(self.phases[0][0])
@@ -166,16 +174,7 @@ class Trainer:
         """Make ``name`` the current optimizer (a fresh one: phases do not share state)."""
         cfg = self.config
         self.optimizer_name = name
-        if name == "lm":
-            from ..optim.lm import LevenbergMarquardt
-            if self.problem.method != "dt":
-                raise ValueError("Levenberg-Marquardt needs a DT-PINN (--method dt): its Jacobian "
-                                 "is [L; B] times the network's; use lbfgs or adam for vanilla")
-            self.optimizer = LevenbergMarquardt(self.model, self.problem, self.system, **cfg.lm)
-            return
-        lr = self.lrs[self.phase]
-        self.optimizer = make_optimizer(self.params, name, lr, line_search=cfg.line_search,
-                                        history_size=cfg.history_size, max_iter=cfg.max_iter)
+        self.optimizer = build(name, self)
 
     # ------------------------------------------------------------------ core
     def _diverged(self, loss: float) -> bool:
@@ -191,7 +190,7 @@ class Trainer:
     def closure(self) -> torch.Tensor:
         """zero_grad, local loss, backward, global gradient and loss (one comm.sum each)."""
         self.optimizer.zero_grad(set_to_none=False)
-        r = self.problem.residual(self.model, self.system)
+        r = self.disc.residual(self.model)
         local = (r * r).sum()
         local.backward()
         comm = self.comm
@@ -217,11 +216,11 @@ class Trainer:
     def evaluate(self) -> dict:
         """Global metrics now: loss terms, rel L2, residual norms, counters, times (collective)."""
         t0 = time.perf_counter()
-        terms = self.problem.loss_terms(self.model, self.system)
+        terms = self.disc.loss_terms(self.model)
         rec = {"step": self.step_count, "evals": self.evals, "loss": float(sum(terms.values()))}
         rec.update({f"loss_{k}": v for k, v in terms.items()})
-        rec["rel_l2"] = self.problem.rel_l2(self.model, self.system)
-        rec.update(self.problem.residual_norms(self.model, self.system))
+        rec["rel_l2"] = self.disc.rel_l2(self.model)
+        rec.update(self.disc.residual_norms(self.model))
         self.eval_time += time.perf_counter() - t0
         rec["time_s"] = self.train_time
         rec["eval_time_s"] = self.eval_time
@@ -263,7 +262,7 @@ class Trainer:
             start = self._flat().clone()
             t0 = time.perf_counter()
             evals0 = self.evals
-            if name == "lm":
+            if getattr(self.optimizer, "self_evaluating", False):
                 lm_evals = self.optimizer.evals
                 self.optimizer.step()
                 self.evals += self.optimizer.evals - lm_evals
@@ -279,15 +278,15 @@ class Trainer:
             if not math.isfinite(self._last_loss) or not torch.isfinite(self._flat()).all():
                 self._set_flat(self._good)
                 reason = (f"non-finite loss at step {self.step_count}: stopped and restored the "
-                          "last good parameters (try a smaller --lr)")
+                          "last good parameters (try a smaller learning rate lr)")
                 if self.comm.rank == 0:
                     self.log(reason)
                 break
             if math.isfinite(self._last_loss) and self._diverged(self._last_loss):
                 self._set_flat(self._good)
                 reason = (f"diverged at step {self.step_count} (loss {self._last_loss:.3e}): "
-                          "restored the parameters before that step (try --line-search or a "
-                          "smaller --lr)")
+                          "restored the parameters before that step (try a line search or a "
+                          "smaller learning rate lr)")
                 if self.comm.rank == 0:
                     self.log(reason)
                 break
@@ -298,10 +297,10 @@ class Trainer:
                 break
             # A phase also ends when its optimizer can do no more (then the next one takes over).
             phase_over = None
-            if name == "lm" and self.optimizer.stop_reason:
-                phase_over = f"Levenberg-Marquardt: {self.optimizer.stop_reason}"
+            if getattr(self.optimizer, "stop_reason", ""):
+                phase_over = f"{name}: {self.optimizer.stop_reason}"
             elif self.evals - evals0 <= 1 and torch.equal(self._flat(), start):
-                phase_over = f"converged ({name} made no progress)"
+                phase_over = self._no_progress(name)
             if cfg.time_budget is not None:
                 # rank 0's clock decides, so all ranks stop after the same step
                 stop = self.comm.bcast(self.train_time >= cfg.time_budget
@@ -333,6 +332,19 @@ class Trainer:
             self.log(f"stopped: {reason}")
         return res
 
+    def _no_progress(self, name: str) -> str:
+        """Why a first-order step changed nothing: the tolerance that fired."""
+        cfg = self.config
+        g = max((float(p.grad.abs().max()) for p in self.params if p.grad is not None),
+                default=0.0)
+        if name == "lbfgs" and g <= cfg.tolerance_grad:
+            return (f"converged: lbfgs tolerance_grad fired (max |gradient| {g:.3e} <= "
+                    f"{cfg.tolerance_grad:g})")
+        if name == "lbfgs":
+            return (f"converged: lbfgs made no progress (its step fell to tolerance_change "
+                    f"{cfg.tolerance_change:g}; max |gradient| {g:.3e})")
+        return f"converged ({name} made no progress; max |gradient| {g:.3e})"
+
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
         """Everything needed to continue: model, optimizer, RNG, counters, history."""
@@ -357,9 +369,3 @@ class Trainer:
         self.step_count, self.evals = int(state["step"]), int(state["evals"])
         self.train_time, self.eval_time = float(state["train_time_s"]), float(state["eval_time_s"])
         self.history = copy.deepcopy(state["history"])
-
-
-def train(problem, system, config: TrainConfig | None = None, model=None, log=print):
-    """Convenience: ``Trainer(problem, system, config, model, log).train()`` -> (TrainResult, Trainer)."""
-    t = Trainer(problem, system, config, model=model, log=log)
-    return t.train(), t

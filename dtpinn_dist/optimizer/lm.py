@@ -33,27 +33,9 @@ import time
 import torch
 
 from .gauss_newton_cg import estimate_jtj_diag, gn_matvec, pcg
-from .jacobian import DTPINNLeastSquares, JacobianTooLarge, LeastSquaresProblem
+from .least_squares import JacobianTooLarge, LeastSquaresProblem, PINNLeastSquares
 
-__all__ = ["LevenbergMarquardt", "run_lm", "parse_schedule", "JacobianTooLarge"]
-
-
-def parse_schedule(text: str) -> list[tuple[str, int]]:
-    """``"lbfgs:500,lm:100"`` -> ``[("lbfgs", 500), ("lm", 100)]`` (optimizer phases in order)."""
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, n = part.partition(":")
-        name = name.strip().lower()
-        if not sep or not n.strip().isdigit() or name not in ("lbfgs", "adam", "lm"):
-            raise ValueError(f"bad schedule entry {part!r}: use NAME:STEPS with NAME one of "
-                             "lbfgs, adam, lm, e.g. 'lbfgs:500,lm:100'")
-        out.append((name, int(n)))
-    if not out:
-        raise ValueError("empty optimizer schedule: e.g. 'lbfgs:500,lm:100'")
-    return out
+__all__ = ["LevenbergMarquardt", "JacobianTooLarge"]
 
 
 class LevenbergMarquardt:
@@ -62,9 +44,10 @@ class LevenbergMarquardt:
     Parameters
     ----------
     lsq : LeastSquaresProblem or nn.Module
-        The problem; or a model, with ``problem`` and ``system`` given, which builds
-        :class:`~dtpinn_dist.optim.jacobian.DTPINNLeastSquares` (the model is updated in place).
-    problem, system : optional
+        The problem; or a model, with ``disc`` given, which builds
+        :class:`~dtpinn_dist.optimizer.least_squares.PINNLeastSquares` (the model is updated in
+        place).
+    disc : Discretization, optional
         See above.
     step : {"auto", "dense", "cg"}
     form : {"auto", "primal", "dual"}
@@ -84,10 +67,6 @@ class LevenbergMarquardt:
         Stop when the loss ``sum ||r||^2 <= ftol``.
     rtol : float
         Stop when an accepted step reduced the loss by less than ``rtol * loss``.
-    max_steps : int or None
-        Budget of :meth:`step` calls used by :meth:`run`.
-    time_budget : float or None
-        Seconds; checked between steps (rank 0's clock, broadcast).
     memory_budget : float
         Bytes the dense step may use (J, Ju, normal matrix); beyond it the dense step refuses
         (``JacobianTooLarge``) and "auto" switches to CG.
@@ -98,18 +77,17 @@ class LevenbergMarquardt:
         success, ``lam *= up`` on failure).
     """
 
-    def __init__(self, lsq, problem=None, system=None, *, step: str = "auto",
+    def __init__(self, lsq, disc=None, *, step: str = "auto",
                  form: str = "auto", damping: str = "levenberg", lam0: float = 1.0,
                  lam_min: float = 1e-15, lam_max: float = 1e16, max_rejects: int = 30,
                  gtol: float = 0.0, xtol: float = 1e-15, ftol: float = 0.0, rtol: float = 0.0,
-                 max_steps: int | None = None, time_budget: float | None = None,
                  memory_budget: float = 4e9, cg_tol: float = 1e-3, cg_maxiter: int = 200,
                  cg_probes: int = 8, update: str = "fixed", down: float = 5.0,
                  up: float = 3.0):
         if not isinstance(lsq, LeastSquaresProblem):
-            if problem is None or system is None:
-                raise ValueError("give a LeastSquaresProblem, or (model, problem, system)")
-            lsq = DTPINNLeastSquares(lsq, problem, system)
+            if disc is None:
+                raise ValueError("give a LeastSquaresProblem, or (model, disc)")
+            lsq = PINNLeastSquares(lsq, disc)
         if step not in ("auto", "dense", "cg"):
             raise ValueError(f"unknown LM step {step!r}: use 'auto', 'dense' or 'cg'")
         if form not in ("auto", "primal", "dual"):
@@ -119,6 +97,7 @@ class LevenbergMarquardt:
         if update not in ("nielsen", "fixed"):
             raise ValueError(f"unknown damping update {update!r}: use 'nielsen' or 'fixed'")
         self.update, self.down, self.up = update, float(down), float(up)
+        self.self_evaluating = True  # the training loop lets it evaluate the residual itself
         self.lsq = lsq
         self.comm = lsq.comm
         if form == "dual" and self.comm.size > 1:
@@ -128,7 +107,6 @@ class LevenbergMarquardt:
         self.lam0, self.lam_min, self.lam_max = float(lam0), float(lam_min), float(lam_max)
         self.max_rejects = int(max_rejects)
         self.gtol, self.xtol, self.ftol, self.rtol = float(gtol), float(xtol), float(ftol), float(rtol)
-        self.max_steps, self.time_budget = max_steps, time_budget
         self.memory_budget = float(memory_budget)
         self.cg_tol, self.cg_maxiter, self.cg_probes = float(cg_tol), int(cg_maxiter), int(cg_probes)
         # state (checkpointed)
@@ -153,8 +131,8 @@ class LevenbergMarquardt:
         m, p = self.lsq.jacobian_shape()
         item = torch.finfo(self.lsq.get_params().dtype).bits // 8
         dual = self._use_dual(m, p)
-        n_nodes = getattr(getattr(self.lsq, "system", None), "nodes", None)
-        n_nodes = 0 if n_nodes is None else len(n_nodes)
+        disc = getattr(self.lsq, "disc", None)
+        n_nodes = 0 if disc is None else len(disc.data["X"])
         normal = (m * m if dual else p * p) * item
         if not dual and self.comm.size > 1:
             normal *= 2  # the local J^T J and its reduced sum (comm.sum: Reduce + Bcast)
@@ -179,8 +157,7 @@ class LevenbergMarquardt:
                 f"dense Levenberg-Marquardt needs about {worst / 1e9:.2f} GB (J {m} x {p}: "
                 f"{b['J'] / 1e9:.2f} GB, network Jacobian {b['Ju'] / 1e9:.2f} GB, normal matrix "
                 f"{b['normal'] / 1e9:.2f} GB) > memory budget {self.memory_budget / 1e9:.2f} GB; "
-                "use the matrix-free Gauss-Newton-CG step (step='cg', CLI --lm-step cg) or raise "
-                "memory_budget (--lm-memory-gb)")
+                "use the matrix-free Gauss-Newton-CG step (step='cg') or raise memory_budget")
 
     def resolve_step(self) -> str:
         """'dense' or 'cg' (resolving 'auto'; collective)."""
@@ -190,7 +167,7 @@ class LevenbergMarquardt:
         if kind == "dense":
             self._check_memory()
         elif kind == "auto":
-            fast = getattr(self.lsq, "has_fast_jacobian", lambda th: True)(self.lsq.get_params())
+            fast = self.lsq.has_fast_jacobian()
             kind = "cg"
             if fast:
                 try:
@@ -381,50 +358,6 @@ class LevenbergMarquardt:
         self.history.append(rec)
         return torch.tensor(self.last_loss, dtype=torch.float64)
 
-    # ------------------------------------------------------------------ loop
-    def run(self, max_steps: int | None = None, callback=None, log=None):
-        """Iterate :meth:`step` until a tolerance, the step budget or the time budget.
-
-        Parameters
-        ----------
-        max_steps : int, optional
-            Defaults to the constructor's ``max_steps`` (required from one of the two).
-        callback : callable, optional
-            ``callback(record) -> bool``; True stops (it runs on every rank: make the decision
-            collective, e.g. from reduced metrics).
-        log : callable, optional
-            Progress lines (rank 0 only).
-
-        Returns
-        -------
-        list of dict
-            The history records of this call.
-        """
-        n = self.max_steps if max_steps is None else max_steps
-        if n is None:
-            raise ValueError("give max_steps")
-        start = len(self.history)
-        for _ in range(int(n)):
-            if self.stop_reason:
-                break
-            self.step()
-            rec = self.history[-1]
-            if log is not None and self.comm.rank == 0:
-                log(f"lm {rec['step']:5d}  loss {rec['loss']:.3e}  lam {rec['lam']:.2e}  "
-                    f"rejects {rec['rejects']}  {rec['time']:.1f}s"
-                    + (f"  cg {rec['cg_iters']}" if "cg_iters" in rec else ""))
-            if callback is not None and callback(rec):
-                self.stop_reason = self.stop_reason or "callback"
-                break
-            if self.time_budget is not None:
-                stop = self.comm.bcast(self.elapsed >= self.time_budget
-                                       if self.comm.rank == 0 else None)
-                if stop:
-                    self.stop_reason = f"time budget {self.time_budget:g}s"
-                    break
-        # A used-up step budget leaves stop_reason empty, so a later run() resumes.
-        return self.history[start:]
-
     # ------------------------------------------------------------------ torch.optim-like
     def zero_grad(self, set_to_none: bool = True):
         """No-op (LM does not use ``.grad``); for ``torch.optim`` compatibility."""
@@ -450,39 +383,3 @@ class LevenbergMarquardt:
         self.stop_reason = state["stop_reason"]
         self._resolved_step = state.get("resolved_step")
         self.history = [dict(h) for h in state["history"]]
-
-
-def run_lm(model, problem, system, steps: int, *, eval_every: int = 0, time_budget=None,
-           callback=None, log=None, **options):
-    """Train ``model`` in place with Levenberg-Marquardt; the entry point for the trainer/CLI.
-
-    Parameters
-    ----------
-    model, problem, system
-        As for the trainer (``problem.residual(model, system)`` interface).
-    steps : int
-        LM iterations (each: one Jacobian, one or more trial residuals).
-    eval_every : int
-        Add ``rel_l2`` (``problem.rel_l2``, collective) to every ``eval_every``-th record.
-    time_budget : float, optional
-    callback : callable, optional
-        ``callback(record) -> bool`` (True stops).
-    log : callable, optional
-    **options
-        Passed to :class:`LevenbergMarquardt` (``step``, ``damping``, ``lam0``, ...).
-
-    Returns
-    -------
-    LevenbergMarquardt
-        Its ``history`` (one record per iteration: ``step``, ``loss``, ``evals``, ``time``,
-        ``lam``, ...) and ``stop_reason``.
-    """
-    lm = LevenbergMarquardt(model, problem, system, time_budget=time_budget, **options)
-
-    def cb(rec):
-        if eval_every and rec["step"] % eval_every == 0:
-            rec["rel_l2"] = problem.rel_l2(model, system)
-        return bool(callback(rec)) if callback is not None else False
-
-    lm.run(steps, callback=cb, log=log)
-    return lm

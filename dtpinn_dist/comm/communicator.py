@@ -116,35 +116,40 @@ def tensor_hash(t: torch.Tensor | list) -> str:
     return h.hexdigest()[:16]
 
 
-def as_comm(comm, default: str = "auto"):
-    """:class:`SerialComm` / :class:`MPIComm` from one of those, an mpi4py communicator, or None
-    (then :func:`get_comm` of ``default``)."""
+def as_comm(comm=None):
+    """:class:`SerialComm` / :class:`MPIComm` from one of those, an mpi4py communicator, or None.
+
+    None is detected once, here: ``MPI.COMM_WORLD`` when an MPI launcher started more than one
+    rank (:func:`~dtpinn_dist.comm.launch.mpi_launched`), else :class:`SerialComm` (mpi4py is
+    then never imported).
+    """
     if comm is None:
-        return get_comm(default)
+        return get_comm("auto")
     if isinstance(comm, (MPIComm, SerialComm)):
         return comm
     if hasattr(comm, "Get_size"):
-        return MPIComm(comm)
-    raise TypeError(f"not a communicator: {comm!r} (give an MPIComm, SerialComm or mpi4py comm)")
+        return MPIComm(comm) if comm.Get_size() > 1 else SerialComm()
+    raise TypeError(f"not a communicator: {comm!r} (give an mpi4py communicator, an MPIComm, a "
+                    "SerialComm or None)")
 
 
 def get_comm(kind: str = "auto"):
     """The communicator for this run.
 
-    ``"serial"`` never imports mpi4py; ``"mpi"`` requires it; ``"auto"`` uses MPI when mpi4py is
-    importable and the job has more than one rank, otherwise :class:`SerialComm`.
+    ``"serial"`` never imports mpi4py; ``"mpi"`` requires it and uses ``COMM_WORLD``; ``"auto"``
+    uses MPI when an MPI launcher started more than one rank, otherwise :class:`SerialComm`.
     """
+    from .launch import mpi_launched
+
     if kind == "serial":
         return SerialComm()
     if kind not in ("auto", "mpi"):
         raise ValueError(f"unknown communicator kind {kind!r}: use 'auto', 'serial' or 'mpi'")
+    if kind == "auto" and not mpi_launched():
+        return SerialComm()
     try:
         from mpi4py import MPI
     except ImportError:
-        if kind == "mpi":
-            raise ImportError("MPI requested but mpi4py is not installed: pip install 'dtpinn-dist[mpi]' "
-                              "(or run scripts/setup.sh)") from None
-        return SerialComm()
-    if kind == "auto" and MPI.COMM_WORLD.Get_size() == 1:
-        return SerialComm()
+        raise ImportError("this job runs on several MPI ranks but mpi4py is not installed: pip "
+                          "install 'dtpinn-dist[mpi]' (or run scripts/setup.sh)") from None
     return MPIComm(MPI.COMM_WORLD)
