@@ -116,7 +116,7 @@ def distributed_system(cloud, order: int, comm=None, specs: dict | None = None, 
         ``info`` with the partition and halo figures (identical on all ranks). Each rank computes
         the RBF-FD weights of its own rows only.
     """
-    from ..operators.rbffd import paper_specs, spec_matrix
+    from ..operators.rbffd import paper_specs, spec_matrices
     from ..partition import Partition, partition_cloud
     from .petsc_operator import PETScOperator
 
@@ -142,10 +142,11 @@ def distributed_system(cloud, order: int, comm=None, specs: dict | None = None, 
     rows = {"collocation": P.L_rows(rank), "boundary": P.B_rows(rank)}
     n_loc = int(P.offsets[rank + 1] - P.offsets[rank])
     ops, blocks = {}, []
+    # weights for this rank's rows only (one neighbour query per row kind)
+    mats = spec_matrices(cloud, order, specs, rows=rows)
     for name, spec in specs.items():
-        # weights for this rank's rows only, columns renumbered to the partition's numbering
-        local = _remap_columns(spec_matrix(cloud, order, spec, rows=rows[spec.rows]),
-                               P.new_index)
+        # columns renumbered to the partition's numbering
+        local = _remap_columns(mats[name], P.new_index)
         blocks.append(local)
         total = ni + nb if spec.rows == "collocation" else nb
         mat = petsc_aij(local, (len(rows[spec.rows]), total), (n_loc, n), pcomm, name,

@@ -30,7 +30,7 @@ from .polynomials import n_poly, poly_deriv_at_zero, poly_values
 
 __all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weights_to_csr",
            "laplacian_matrix", "gradient_matrix", "boundary_matrix", "biharmonic_matrix",
-           "assemble", "THETA", "check_order", "OperatorSpec", "spec_matrix", "paper_specs", "ROW_KINDS"]
+           "assemble", "THETA", "check_order", "OperatorSpec", "spec_matrix", "spec_matrices", "rbffd_weights_many", "paper_specs", "ROW_KINDS"]
 
 #: Operator order theta of each operator kind.
 THETA = {"identity": 1, "gradient": 1, "robin": 1, "laplacian": 2, "biharmonic": 4}
@@ -236,23 +236,54 @@ def rbffd_weights(nodes, centers, op, order: int, *, axis=None, normals=None, al
     weights : (C, n) float64 array
     """
     nodes = np.asarray(nodes, dtype=np.float64)
+    if not isinstance(op, Operator):
+        op = make_operator(op, nodes.shape[1], axis=axis, normals=normals, alpha=alpha,
+                           beta=beta)
+    return rbffd_weights_many(nodes, centers, [op], order, tree=tree, center_ids=center_ids,
+                              chunk=chunk)[0]
+
+
+def rbffd_weights_many(nodes, centers, ops, order: int, *, tree: cKDTree | None = None,
+                       center_ids=None, chunk: int | None = None) -> list:
+    """:func:`rbffd_weights` of several :class:`Operator` s at the same centres, with ONE
+    nearest-neighbour query per chunk of centres (an operator of a smaller stencil takes the
+    nearest part of the largest one). Returns a list of ``(indices, weights)``, one per op."""
+    nodes = np.asarray(nodes, dtype=np.float64)
     centers = np.asarray(centers, dtype=np.float64)
     d = nodes.shape[1]
-    if not isinstance(op, Operator):
-        op = make_operator(op, d, axis=axis, normals=normals, alpha=alpha, beta=beta)
-    l, m, n = stencil_params(order, op.theta, d)
-    if len(nodes) < n:
-        raise ValueError(f"order p={order} for the {op.name} in {d}D needs stencils of {n} nodes "
-                         f"but the cloud has only {len(nodes)}; use more nodes or a lower order")
+    params = [stencil_params(order, op.theta, d) for op in ops]
+    n_max = max(n for _, _, n in params)
+    if len(nodes) < n_max:
+        op = ops[int(np.argmax([n for _, _, n in params]))]
+        raise ValueError(f"order p={order} for the {op.name} in {d}D needs stencils of {n_max} "
+                         f"nodes but the cloud has only {len(nodes)}; use more nodes or a lower "
+                         "order")
     C = len(centers)
     ids = np.arange(C) if center_ids is None else np.asarray(center_ids)
-    M = n_poly(l, d)
     if chunk is None:
-        chunk = max(16, _CHUNK_ENTRIES // (n + M) ** 2)
+        chunk = max(16, _CHUNK_ENTRIES // max((n + n_poly(l, d)) ** 2 for l, _, n in params))
     if tree is None:
         tree = cKDTree(nodes)
+    out = [(np.empty((C, n), dtype=np.int64), np.empty((C, n), dtype=np.float64))
+           for _, _, n in params]
     with _single_threaded_blas():
-        return _weights_loop(nodes, centers, op, tree, ids, chunk, l, m, n)
+        for s in range(0, C, chunk):
+            sel = slice(s, min(C, s + chunk))
+            ctr = centers[sel]
+            dist_all, idx_all = tree.query(ctr, k=n_max)
+            dist_all, idx_all = dist_all.reshape(len(ctr), -1), idx_all.reshape(len(ctr), -1)
+            for op, (l, m, n), (idx_out, w_out) in zip(ops, params, out):
+                dist, idx = dist_all[:, :n], idx_all[:, :n]
+                R = dist[:, -1]
+                Y = (nodes[idx] - ctr[:, None, :]) / R[:, None, None]
+                r = dist / R[:, None]
+                rhs = _rhs(op, Y, r, R, sel, l, m)
+                w = _solve_chunk(Y, r, rhs, l, m, ids[sel])
+                # Sorted column indices per row: canonical CSR and better SpMV locality.
+                o = np.argsort(idx, axis=1)
+                idx_out[sel] = np.take_along_axis(idx, o, 1)
+                w_out[sel] = np.take_along_axis(w, o, 1)
+    return out
 
 
 def _single_threaded_blas():
@@ -264,27 +295,6 @@ def _single_threaded_blas():
         import contextlib
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def _weights_loop(nodes, centers, op, tree, ids, chunk, l, m, n):
-    C = len(centers)
-    idx_out = np.empty((C, n), dtype=np.int64)
-    w_out = np.empty((C, n), dtype=np.float64)
-    for s in range(0, C, chunk):
-        sel = slice(s, min(C, s + chunk))
-        ctr = centers[sel]
-        dist, idx = tree.query(ctr, k=n)
-        R = dist[:, -1]
-        X = nodes[idx] - ctr[:, None, :]
-        Y = X / R[:, None, None]
-        r = dist / R[:, None]
-        rhs = _rhs(op, Y, r, R, sel, l, m)
-        w = _solve_chunk(Y, r, rhs, l, m, ids[sel])
-        # Sorted column indices per row: canonical CSR and better SpMV locality.
-        o = np.argsort(idx, axis=1)
-        idx_out[sel] = np.take_along_axis(idx, o, 1)
-        w_out[sel] = np.take_along_axis(w, o, 1)
-    return idx_out, w_out
 
 
 def weights_to_csr(indices, weights, n_cols: int) -> sp.csr_matrix:
@@ -352,17 +362,33 @@ class OperatorSpec:
                         max(1, int(self.theta)), self.name)
 
 
-def spec_matrix(cloud, order: int, spec: OperatorSpec, rows=None) -> sp.csr_matrix:
-    """The RBF-FD matrix of ``spec`` at its rows (or the subset ``rows``), columns
-    ``cloud.nodes``."""
+def spec_matrices(cloud, order: int, specs: dict, rows: dict | None = None) -> dict:
+    """The RBF-FD matrices of ``specs`` (name -> :class:`OperatorSpec`), columns
+    ``cloud.nodes``; ``rows`` (row kind -> numbers within it) selects a subset of each kind's
+    rows (a rank's own rows). Operators on the same rows share one neighbour query."""
     ni, nb = cloud.n_interior, cloud.n_boundary
-    colloc = spec.rows == "collocation"
-    rows = _rows(rows, ni + nb if colloc else nb, "interior+boundary" if colloc else "boundary")
     nodes = cloud.nodes
-    centers = nodes[rows] if colloc else cloud.boundary[rows]
-    idx, w = rbffd_weights(nodes, centers, spec.operator(rows), order,
-                           center_ids=rows if colloc else ni + rows)
-    return weights_to_csr(idx, w, len(nodes))
+    tree = cKDTree(nodes)
+    out = {}
+    for kind in ROW_KINDS:
+        names = [k for k, sp_ in specs.items() if sp_.rows == kind]
+        if not names:
+            continue
+        colloc = kind == "collocation"
+        r = _rows(None if rows is None else rows.get(kind), ni + nb if colloc else nb,
+                  "interior+boundary" if colloc else "boundary")
+        centers = nodes[r] if colloc else cloud.boundary[r]
+        res = rbffd_weights_many(nodes, centers, [specs[k].operator(r) for k in names], order,
+                                 tree=tree, center_ids=r if colloc else ni + r)
+        for k, (idx, w) in zip(names, res):
+            out[k] = weights_to_csr(idx, w, len(nodes))
+    return out
+
+
+def spec_matrix(cloud, order: int, spec: OperatorSpec, rows=None) -> sp.csr_matrix:
+    """The RBF-FD matrix of one spec at its rows (or the subset ``rows``)."""
+    return spec_matrices(cloud, order, {spec.name: spec},
+                         None if rows is None else {spec.rows: rows})[spec.name]
 
 
 def paper_specs(cloud, alpha=1.0, beta=1.0) -> dict:

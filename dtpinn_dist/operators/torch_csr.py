@@ -117,7 +117,7 @@ def serial_system(cloud, order: int, specs: dict | None = None, *, alpha=1.0, be
         Of the operators' products ('torch' sparse CSR or 'cupy').
     """
     from ..comm import SerialComm
-    from .rbffd import paper_specs, spec_matrix
+    from .rbffd import paper_specs, spec_matrices
 
     if cloud.ghost is None:
         cloud = cloud.with_ghost()
@@ -126,8 +126,8 @@ def serial_system(cloud, order: int, specs: dict | None = None, *, alpha=1.0, be
     if backend == "cupy" and torch.device(device).type == "cpu":
         device = "cuda"
     ni, nb = cloud.n_interior, cloud.n_boundary
-    ops = {name: serial_operator(spec_matrix(cloud, order, spec), backend, dtype, device)
-           for name, spec in specs.items()}
+    ops = {name: serial_operator(A, backend, dtype, device)
+           for name, A in spec_matrices(cloud, order, specs).items()}
     tags = getattr(cloud, "boundary_tags", None)
     return DiscreteSystem(
         nodes=cloud.nodes, row_index=np.arange(ni + nb), boundary_index=np.arange(ni, ni + nb),
