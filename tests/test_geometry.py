@@ -150,7 +150,7 @@ def test_make_cloud_seeded():
 
 
 def test_make_cloud_spacing_and_method():
-    c = Disk(radius=2.0).cloud(spacing=0.1, ghost=False)
+    c = make_cloud(Disk(radius=2.0), spacing=0.1, ghost=False)
     assert c.ghost is None
     nn = np.sort(np.linalg.norm(c.boundary[:, None] - c.boundary[None], axis=2), 1)[:, 1]
     np.testing.assert_allclose(nn, 0.1, rtol=0.02)

@@ -56,11 +56,6 @@ class Domain:
     def sample_boundary(self, spacing: float):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def cloud(self, n=None, spacing=None, **kw):
-        """Shortcut for :func:`dtpinn_dist.geometry.make_cloud` on this domain."""
-        from .nodes import make_cloud
-        return make_cloud(self, n=n, spacing=spacing, **kw)
-
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
