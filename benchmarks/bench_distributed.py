@@ -46,10 +46,11 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    sys.path.insert(0, str(REPO))
     from dtpinn_dist.comm import get_comm
     from dtpinn_dist.geometry import load_mat
-    from dtpinn_dist.problems import make_problem, manufactured
-    from dtpinn_dist.train.trainer import TrainConfig, Trainer
+    from dtpinn_dist.optimizer import TrainConfig, Trainer
+    from dtpinn_dist.problem import discretize, paper_problem
 
     comm = get_comm("auto")
     if args.backend == "petsc":
@@ -58,21 +59,15 @@ def main(argv=None):
         init_petsc(_petsc_opts)
     t0 = time.perf_counter()
     cloud = load_mat(args.mat, n=args.n)
-    if args.backend == "torch":
-        if comm.size > 1:
-            sys.exit("--backend torch is single-process")
-        from dtpinn_dist.operators.torch_csr import serial_system
-
-        system = serial_system(cloud, args.order)
-    else:
-        from dtpinn_dist.distributed.assembly import distributed_system
-
-        system = distributed_system(cloud, args.order, comm, partitioner=args.partitioner)
+    if args.backend == "torch" and comm.size > 1:
+        sys.exit("--backend torch is single-process")
+    disc = discretize(paper_problem(args.kind), cloud, args.order, comm=comm,
+                      backend=args.backend, partitioner=args.partitioner)
+    system = disc.system
     t_setup = time.perf_counter() - t0
-    prob = make_problem(manufactured(args.kind), "dt")
     cfg = TrainConfig(steps=10 ** 6, eval_every=0, verbose=False,
                       line_search=not args.no_line_search)
-    tr = Trainer(prob, system, cfg)
+    tr = Trainer(disc, cfg)
     evals = []
 
     def closure():

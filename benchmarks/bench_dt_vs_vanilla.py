@@ -14,12 +14,15 @@ import os
 import time
 from pathlib import Path
 
+import sys
+
 import torch
 
-from dtpinn_dist.geometry import load_mat, make_cloud
-from dtpinn_dist.operators.torch_csr import serial_system
-from dtpinn_dist.problems import make_problem, manufactured
-from dtpinn_dist.train import TrainConfig, Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dtpinn_dist.geometry import load_mat, make_cloud  # noqa: E402
+from dtpinn_dist.optimizer import TrainConfig, Trainer  # noqa: E402
+from dtpinn_dist.problem import discretize, paper_problem  # noqa: E402
 
 # shared/reference beside the repository, or $DTPINN_REFERENCE_DIR
 REF = Path(os.environ.get("DTPINN_REFERENCE_DIR",
@@ -63,18 +66,17 @@ def main(argv=None):
     cloud, desc = get_cloud(args.n)
     print(f"cloud: {desc}: Ni={cloud.n_interior} Nb={cloud.n_boundary} (+{cloud.n_ghost} ghost), "
           f"p={args.order}, {args.problem}, torch {torch.__version__}, {args.threads} thread(s)")
-    data = manufactured(args.problem)
+    problem = paper_problem(args.problem)
     rows = []
     for variant in args.variants.split(","):
         method, prec = variant.split("-")
         dtype = torch.float64 if prec == "fp64" else torch.float32
-        system = serial_system(cloud, args.order, dtype=dtype)
-        problem = make_problem(data, method)
+        disc = discretize(problem, cloud, args.order, method=method, dtype=dtype)
         cfg = TrainConfig(steps=10 ** 9, time_budget=args.budget, eval_every=5, verbose=False,
                           line_search=not args.paper_lr)
-        tr = Trainer(problem, system, cfg)
+        tr = Trainer(disc, cfg)
         model = tr.model
-        X = torch.as_tensor(system.nodes, dtype=dtype)
+        X = disc.data["X"]
 
         def floor():
             model.zero_grad()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,12 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dtpinn_dist.geometry import load_mat  # noqa: E402
-from dtpinn_dist.model import MLP  # noqa: E402
-from dtpinn_dist.operators.torch_csr import serial_system  # noqa: E402
-from dtpinn_dist.optim.lm import LevenbergMarquardt  # noqa: E402
-from dtpinn_dist.problems import make_problem, manufactured  # noqa: E402
+from dtpinn_dist.optimizer import fit  # noqa: E402
+from dtpinn_dist.problem import discretize, paper_problem  # noqa: E402
+from dtpinn_dist.problem.solve import solve_discrete  # noqa: E402
 
-REF = REPO.parent / "shared" / "reference"
+REF = Path(os.environ.get("DTPINN_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 DEEPXDE_S = {"linear": 31.0, "large": 153.0}  # measured on this machine (issue 6)
 
 
@@ -51,23 +51,11 @@ def _test_points():
     return np.vstack([t.interior, t.boundary])
 
 
-def _system(path, n, order, test=True):
+def _disc(path, n, order, kind, test=True, **kw):
     cloud = load_mat(path, n=n)
     if test:
         cloud = dataclasses.replace(cloud, test=_test_points())
-    return cloud, serial_system(cloud, order)
-
-
-def direct_solve_error(cloud, system, problem):
-    """rel L2 error at the collocation nodes of the direct solve of [L; B] u = [f; g]."""
-    A = sp.vstack([system.L.to_scipy(), system.B.to_scipy()]).tocsc()
-    fc = problem.forcing(system, torch.float64)
-    b = np.concatenate([fc["f_rows"].numpy(), fc["g"].numpy()])
-    u = spla.spsolve(A, b)
-    X = cloud.collocation
-    ue = problem.data.exact_at(X, 0.0)
-    uu = u[: len(X)]
-    return float(np.linalg.norm(uu - ue) / np.linalg.norm(ue))
+    return cloud, discretize(paper_problem(kind, **kw), cloud, order)
 
 
 def first_time_below(history, target, tkey, ekey="rel_l2"):
@@ -78,30 +66,19 @@ def first_time_below(history, target, tkey, ekey="rel_l2"):
     return None
 
 
-def run_lbfgs(problem, system, time_budget, seed=0, eval_every=10):
-    from dtpinn_dist.train.trainer import TrainConfig, Trainer
-
-    # strong-Wolfe line search (the CLI's default): the paper's fixed lr (no line search)
+def run_lbfgs(disc, time_budget, seed=0, eval_every=10):
+    # strong-Wolfe line search (the default): the paper's fixed lr (no line search)
     # diverges at the first step from this initialisation on these clouds
-    cfg = TrainConfig(optimizer="lbfgs", steps=10 ** 6, time_budget=time_budget,
-                      eval_every=eval_every, seed=seed, verbose=False, line_search=True)
-    tr = Trainer(problem, system, cfg)
-    res = tr.train()
+    res = fit(disc, optimizer="lbfgs", steps=10 ** 6, time_budget=time_budget,
+              eval_every=eval_every, seed=seed, verbose=False).result
     return res.history, res
 
 
-def run_lm(problem, system, steps, time_budget, seed=0, target=None, **opts):
-    model = MLP(problem.input_dim(system.dim), 50, 4, seed=seed)
-    lm = LevenbergMarquardt(model, problem, system, time_budget=time_budget, **opts)
-    hist = []
-
-    def cb(rec):
-        rec["rel_l2"] = problem.rel_l2(model, system)  # outside the timed region
-        hist.append(rec)
-        return False
-
-    lm.run(steps, callback=cb)
-    return hist, lm
+def run_lm(disc, steps, time_budget, seed=0, **opts):
+    """LM in the training loop, evaluated (outside the timed region) after every step."""
+    out = fit(disc, optimizer="lm", steps=steps, time_budget=time_budget, eval_every=1,
+              seed=seed, verbose=False, lm=opts)
+    return out.result.history, out
 
 
 def fmt(x, spec=".2e"):
@@ -109,26 +86,26 @@ def fmt(x, spec=".2e"):
 
 
 def case_poisson(name, path, n, target, args, kind="poisson"):
-    cloud, system = _system(path, n, args.order)
-    prob = make_problem(manufactured(kind))
+    cloud, disc = _disc(path, n, args.order, kind)
     out = {"case": name, "N": n, "order": args.order, "target": target}
-    if kind == "poisson":
-        out["direct_solve_rel_l2_nodes"] = direct_solve_error(cloud, system, prob)
+    out["direct_solve_rel_l2_nodes"] = solve_discrete(disc).rel_l2_nodes
     t = time.perf_counter()
     if args.lm_steps <= 0:  # L-BFGS only
-        return _lbfgs_part(name, prob, system, target, args, out)
-    hist, lm = run_lm(prob, system, args.lm_steps, args.lm_time, step=args.lm_step)
+        return _lbfgs_part(name, disc, target, args, out)
+    hist, res = run_lm(disc, args.lm_steps, args.lm_time, step=args.lm_step)
+    r = res.result
     wall = time.perf_counter() - t
-    out["lm"] = {"steps": lm.steps, "final_rel_l2": hist[-1]["rel_l2"],
-                 "best_rel_l2": min(h["rel_l2"] for h in hist), "train_time_s": lm.elapsed,
-                 "wall_s": wall, "time_to_target_s": first_time_below(hist, target, "time"),
+    lm = res.trainer.optimizer
+    out["lm"] = {"steps": r.steps, "final_rel_l2": r.final_rel_l2,
+                 "best_rel_l2": r.best_rel_l2, "train_time_s": r.train_time_s,
+                 "wall_s": wall, "time_to_target_s": first_time_below(hist, target, "time_s"),
                  "steps_to_target": first_time_below(hist, target, "step"),
-                 "final_loss": hist[-1]["loss"], "stop": lm.stop_reason,
+                 "final_loss": r.final_loss, "stop": r.stop_reason,
                  "step_kind": lm.resolve_step()}
-    print(f"[{name}] LM: {lm.steps} steps, final rel L2 {fmt(out['lm']['final_rel_l2'])}, "
-          f"train {lm.elapsed:.1f}s, to {target:g}: {fmt(out['lm']['time_to_target_s'], '.1f')}s",
-          flush=True)
-    _lbfgs_part(name, prob, system, target, args, out)
+    print(f"[{name}] LM: {r.steps} steps, final rel L2 {fmt(r.final_rel_l2)}, "
+          f"train {r.train_time_s:.1f}s, to {target:g}: "
+          f"{fmt(out['lm']['time_to_target_s'], '.1f')}s", flush=True)
+    _lbfgs_part(name, disc, target, args, out)
     if "direct_solve_rel_l2_nodes" in out:
         d = out["direct_solve_rel_l2_nodes"]
         out["lm_within_3x_direct"] = out["lm"]["best_rel_l2"] <= 3 * d
@@ -144,9 +121,9 @@ def case_poisson(name, path, n, target, args, kind="poisson"):
     return out
 
 
-def _lbfgs_part(name, prob, system, target, args, out):
+def _lbfgs_part(name, disc, target, args, out):
     if args.lbfgs_time > 0:
-        hist_b, res = run_lbfgs(prob, system, args.lbfgs_time)
+        hist_b, res = run_lbfgs(disc, args.lbfgs_time)
         out["lbfgs"] = {"steps": res.steps, "final_rel_l2": res.final_rel_l2,
                         "best_rel_l2": res.best_rel_l2, "train_time_s": res.train_time_s,
                         "time_to_target_s": first_time_below(hist_b, target, "time_s"),
@@ -158,19 +135,20 @@ def _lbfgs_part(name, prob, system, target, args, out):
 
 
 def case_heat(args):
-    cloud, system = _system(REF / "DiskPoissonNodes.mat", 828, args.order, test=False)
-    prob = make_problem(manufactured("heat"), nt=24)
+    cloud, disc = _disc(REF / "DiskPoissonNodes.mat", 828, args.order, "heat", test=False,
+                        nt=24)
     out = {"case": "heat", "N": 828, "order": args.order, "nt": 24}
-    hist, lm = run_lm(prob, system, args.lm_steps, args.lm_time, step="cg",
-                      cg_maxiter=args.cg_maxiter)
-    out["lm"] = {"steps": lm.steps, "final_rel_l2": hist[-1]["rel_l2"],
-                 "train_time_s": lm.elapsed, "final_loss": hist[-1]["loss"],
-                 "stop": lm.stop_reason}
-    print(f"[heat] LM-CG: {lm.steps} steps, rel L2 {fmt(hist[-1]['rel_l2'])}, train "
-          f"{lm.elapsed:.1f}s", flush=True)
+    hist, res_lm = run_lm(disc, args.lm_steps, args.lm_time, step="cg",
+                          cg_maxiter=args.cg_maxiter)
+    r = res_lm.result
+    out["lm"] = {"steps": r.steps, "final_rel_l2": r.final_rel_l2,
+                 "train_time_s": r.train_time_s, "final_loss": r.final_loss,
+                 "stop": r.stop_reason}
+    print(f"[heat] LM-CG: {r.steps} steps, rel L2 {fmt(r.final_rel_l2)}, train "
+          f"{r.train_time_s:.1f}s", flush=True)
     if args.lbfgs_time > 0:
-        budget = max(args.lbfgs_time, lm.elapsed)
-        _, res = run_lbfgs(prob, system, budget)
+        budget = max(args.lbfgs_time, r.train_time_s)
+        _, res = run_lbfgs(disc, budget)
         out["lbfgs"] = {"steps": res.steps, "final_rel_l2": res.final_rel_l2,
                         "best_rel_l2": res.best_rel_l2, "train_time_s": res.train_time_s}
         print(f"[heat] L-BFGS: {res.steps} steps, best rel L2 {fmt(res.best_rel_l2)}, train "
