@@ -21,9 +21,9 @@ from .geometry import (Annulus, Ball, Box, Disk, Ellipse, PointCloud, Polygon, R
 from .model import MLP
 from .optimizer import FitResult, TrainConfig, fit
 from .problem import (Condition, Dirichlet, Discretization, ExpressionError, Neumann, Problem,
-                      Robin, discretize, paper_problem)
+                      Robin, discretize, paper_problem, solve_discrete)
 
 __all__ = ["__version__", "make_cloud", "load_cloud", "PointCloud", "Disk", "Ellipse", "Star",
            "Annulus", "Rectangle", "Polygon", "Ball", "Box", "Problem", "Condition", "Dirichlet",
            "Neumann", "Robin", "paper_problem", "discretize", "Discretization", "fit",
-           "FitResult", "TrainConfig", "MLP", "ExpressionError"]
+           "FitResult", "TrainConfig", "MLP", "ExpressionError", "solve_discrete"]

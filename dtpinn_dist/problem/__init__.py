@@ -10,6 +10,8 @@ from .discretize import discretize
 from .expressions import ExpressionError, parse_safe
 from .paper import PAPER, paper_problem
 from .problem import Problem
+from .solve import DirectSolution, solve_discrete
 
 __all__ = ["Problem", "Condition", "Dirichlet", "Neumann", "Robin", "discretize",
-           "Discretization", "ExpressionError", "parse_safe", "PAPER", "paper_problem"]
+           "Discretization", "ExpressionError", "parse_safe", "PAPER", "paper_problem",
+           "solve_discrete", "DirectSolution"]
