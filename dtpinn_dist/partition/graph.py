@@ -14,8 +14,10 @@ random generator whose state carries over from call to call, and (built with thr
 Debian's 7.0 is) its threads race. :func:`scotch_deterministic` runs each partitioning with one
 Scotch thread (``SCOTCH_PTHREAD_NUMBER=1``, read by Scotch at every call) after re-seeding the
 generator (``SCOTCH_randomSeed`` + ``SCOTCH_randomReset`` of the Scotch library PETSc loaded).
-Measured on 1.6k and 1M-node disks at 2 ranks: without it, 4 calls in one process give 3-4
-different partitions and launches differ; with it, all identical.
+Measured on a 1.6k-node disk at 2 ranks: without it, 4 calls in one process gave 3-4 different
+partitions and launches differed; with it, all identical (also at 3 ranks). Quality is unchanged:
+a 300k-node disk in 64 parts had halo/owned 18.6% and 18.7% in two runs before, 18.3% in both
+runs after.
 """
 from __future__ import annotations
 
