@@ -1,4 +1,5 @@
-"""Point clouds: domains, node generation, validation, file IO."""
+"""Point clouds: domains, node generation, validation, boundary parts, file IO."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from dtpinn_dist.geometry import (Annulus, Ball, Box, Disk, Ellipse, PointCloud,
                                   save_npz, spacing_ratio)
 from dtpinn_dist.geometry.io import mat_sizes
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REF = Path(os.environ.get("DTPINN_REFERENCE_DIR")
+           or Path(__file__).resolve().parents[1].parent / "shared" / "reference")
 MAT = REF / "DiskPoissonNodes.mat"
 needs_ref = pytest.mark.skipif(not MAT.exists(), reason=f"reference data not found at {REF}")
 
@@ -43,7 +45,8 @@ def test_cloud_properties_and_ghost():
 @pytest.mark.parametrize("change, match", [
     (dict(interior=[[0.0, np.nan], [0.3, 0.1]]), "interior row 0 has a NaN/inf"),
     (dict(boundary=[[np.inf, 0.0], [0.0, 1.0]]), "boundary row 0 has a NaN/inf"),
-    (dict(interior=[[1.0, 0.0], [0.3, 0.1]]), r"duplicate nodes 0 and 2"),
+    (dict(interior=[[1.0, 0.0], [0.3, 0.1]]),
+     r"duplicate nodes: interior row 0 and boundary row 0 are both at"),
     (dict(normals=[[0.0, 0.0], [0.0, 1.0]]), "normals row 0 is zero"),
     (dict(normals=[[2.0, 0.0], [0.0, 1.0]]), "row 0 has length 2, not 1; normalise"),
     (dict(normals=[[1.0, 0.0]]), "normals has 1 rows but there are 2 boundary nodes"),
@@ -70,8 +73,10 @@ def test_validate_ghost_rows():
 @pytest.mark.parametrize("dom", DOMAINS_2D + DOMAINS_3D, ids=lambda d: repr(d)[:30])
 def test_boundary_normals_unit_and_outward(dom):
     s = 0.05 if dom.dim == 2 else 0.15
-    pts, nrm = dom.sample_boundary(s)
+    pts, nrm, tags = dom.sample_boundary(s)
     assert pts.shape == nrm.shape and pts.shape[1] == dom.dim
+    assert tags.shape == (len(pts),) and tags.dtype == np.int64
+    assert set(np.unique(tags)) == set(dom.tag_names.values())  # every part has nodes
     np.testing.assert_allclose(np.linalg.norm(nrm, axis=1), 1.0, atol=1e-12)
     eps = 1e-4
     assert not dom.inside(pts + eps * nrm).any(), "normal points into the domain"
@@ -85,7 +90,7 @@ def test_boundary_normals_unit_and_outward(dom):
 
 def test_annulus_inner_normals_point_to_centre():
     dom = Annulus(0.5, 1.0, center=(0.2, -0.1))
-    pts, nrm = dom.sample_boundary(0.05)
+    pts, nrm, _ = dom.sample_boundary(0.05)
     r = np.linalg.norm(pts - dom.center, axis=1)
     inner = np.isclose(r, 0.5)
     assert inner.sum() > 10 and (~inner).sum() > 10
@@ -97,7 +102,7 @@ def test_annulus_inner_normals_point_to_centre():
 def test_star_normals_exact():
     # compare with the normal of the implicit curve f = |x| - r(theta) = 0 by finite differences
     dom = Star(a=1.0, b=0.3, k=4)
-    pts, nrm = dom.sample_boundary(0.02)
+    pts, nrm, _ = dom.sample_boundary(0.02)
     f = lambda x: np.hypot(x[:, 0], x[:, 1]) - dom._r(np.arctan2(x[:, 1], x[:, 0]))
     e = 1e-6
     g = np.column_stack([(f(pts + [e, 0]) - f(pts - [e, 0])) / (2 * e),

@@ -27,8 +27,8 @@ def check_partition(P, cloud):
     n = cloud.n_nodes
     ni, nb = cloud.n_interior, cloud.n_boundary
     assert P.owner.shape == (n,)
-    assert np.array_equal(np.sort(P.order), np.arange(n))
-    assert np.array_equal(P.new_index[P.order], np.arange(n))
+    assert np.array_equal(np.sort(P.perm), np.arange(n))
+    assert np.array_equal(P.new_index[P.perm], np.arange(n))
     # Each part's nodes are contiguous in the new numbering, and owned by that part.
     for r in range(P.nparts):
         own = P.owned_nodes(r)
@@ -142,3 +142,59 @@ def test_graph_method_available_or_clear_error(comm):
     else:
         P = partition_cloud(cloud, 2, method="graph", comm=comm)
         assert P.method in ("ptscotch", "parmetis")
+
+
+# ----------------------------------------------------------------------------- reproducibility
+needs_ptscotch = pytest.mark.skipif(graph_partitioner_available() != "ptscotch",
+                                    reason="this PETSc has no PT-Scotch")
+
+
+@needs_ptscotch
+def test_ptscotch_repeatable_in_one_process():
+    """PT-Scotch's random generator carries over between calls and its threads race: without
+    re-seeding and one thread, consecutive calls gave different partitions."""
+    cloud = disk_cloud(40)
+    owners = [partition_cloud(cloud, 4, method="ptscotch").owner for _ in range(3)]
+    assert all(np.array_equal(owners[0], o) for o in owners[1:])
+
+
+@pytest.mark.mpi
+def test_graph_partition_repeatable(comm):
+    """Same cloud, same rank count: the same partition, call after call, on every rank."""
+    from dtpinn_dist.distributed.comm import tensor_hash
+    import torch
+
+    cloud = disk_cloud(40)
+    owners = [partition_cloud(cloud, None, method="auto", comm=comm).owner for _ in range(3)]
+    for o in owners[1:]:
+        np.testing.assert_array_equal(owners[0], o)
+    assert len(set(comm.allgather(tensor_hash(torch.from_numpy(owners[0]))))) == 1
+
+
+_LAUNCH = """
+import hashlib
+from mpi4py import MPI
+from dtpinn_dist.geometry import make_cloud
+from dtpinn_dist.partition import partition_cloud
+cloud = make_cloud("disk", n=2500, seed=0)
+P = partition_cloud(cloud, method="ptscotch", comm=MPI.COMM_WORLD)
+if MPI.COMM_WORLD.rank == 0:
+    print("owner-sha1", hashlib.sha1(P.owner.tobytes()).hexdigest(), flush=True)
+"""
+
+
+@needs_ptscotch
+def test_ptscotch_same_in_two_launches(mpirun):
+    """Two separate 2-rank jobs partition the same cloud bit for bit alike (issue 11, 5)."""
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    hashes = []
+    for _ in range(2):
+        r = mpirun(2, [sys.executable, "-c", _LAUNCH], cwd=repo, timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr
+        line = [s for s in r.stdout.splitlines() if s.startswith("owner-sha1")]
+        assert len(line) == 1, r.stdout
+        hashes.append(line[0])
+    assert hashes[0] == hashes[1]

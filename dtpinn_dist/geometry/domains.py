@@ -7,12 +7,23 @@ Every domain is a small plain object with
 * ``volume`` and ``boundary_measure`` -- area/volume and perimeter/surface area (used to turn a
   target node count into a spacing),
 * ``inside(x)`` -- vectorised, ``x`` is ``(N, dim)``, returns a bool array (open domain),
-* ``sample_boundary(spacing)`` -- ``(points, normals)`` about ``spacing`` apart, normals unit and
-  outward.
+* ``sample_boundary(spacing)`` -- ``(points, normals, tags)`` about ``spacing`` apart, normals
+  unit and outward, ``tags`` the (Nb,) int64 boundary part of each point (a user domain may return
+  just ``(points, normals)``: one part),
+* ``tag_names`` -- dict part name -> tag.
+
+Boundary parts: disk, ellipse, star, ball ``{"boundary": 0}``; annulus ``{"outer": 0,
+"inner": 1}``; rectangle ``{"bottom": 0, "right": 1, "top": 2, "left": 3}`` (y = lo, x = hi,
+y = hi, x = lo); polygon ``{"edge0": 0, "edge1": 1, ...}``, edge ``i`` joining vertex ``i`` to
+vertex ``i + 1`` in the order given (or the names passed); box ``{"x0": 0, "x1": 1, "y0": 2,
+"y1": 3, "z0": 4, "z1": 5}`` (x = lo, x = hi, ...).
 
 Corner convention (rectangle, polygon, box): the corner (vertex / box edge / box corner) is itself a
 boundary node and its normal is the normalised sum of the outward normals of the faces meeting
-there (the bisector).  Normals are exact everywhere else.
+there (the bisector).  Normals are exact everywhere else.  A polygon vertex belongs to the edge
+that starts there (vertex ``i`` to edge ``i``, in the order given): a rectangle's corners
+(lo, lo), (hi, lo), (hi, hi), (lo, hi) are in "bottom", "right", "top", "left".  A node on a box
+edge or corner belongs to the first of its faces in the order x0, x1, y0, y1, z0, z1.
 """
 from __future__ import annotations
 
@@ -40,12 +51,17 @@ def _closed_curve(curve, spacing: float, n_fine: int = 20000):
     return np.interp(target, s, t)
 
 
+def _one_part(points: np.ndarray) -> np.ndarray:
+    return np.zeros(len(points), dtype=np.int64)
+
+
 class Domain:
     """Base class; see the module docstring for the interface."""
 
     dim: int = 2
     volume: float = 1.0
     boundary_measure: float = 1.0
+    tag_names: dict = {"boundary": 0}
 
     def bbox(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -83,7 +99,7 @@ class Disk(Domain):
         n = max(8, int(round(self.boundary_measure / spacing)))
         t = 2.0 * np.pi * np.arange(n) / n
         nrm = np.column_stack([np.cos(t), np.sin(t)])
-        return self.center + self.radius * nrm, nrm
+        return self.center + self.radius * nrm, nrm, _one_part(nrm)
 
 
 class Ellipse(Domain):
@@ -112,7 +128,7 @@ class Ellipse(Domain):
         t = _closed_curve(curve, spacing)
         p = curve(t)
         nrm = _unit(np.column_stack([p[:, 0] / self.a ** 2, p[:, 1] / self.b ** 2]))
-        return self.center + p, nrm
+        return self.center + p, nrm, _one_part(p)
 
 
 class Star(Domain):
@@ -151,17 +167,19 @@ class Star(Domain):
         # Tangent (dr cos - r sin, dr sin + r cos), counter-clockwise; outward normal = (Ty, -Tx).
         nrm = _unit(np.column_stack([dr * np.sin(t) + r * np.cos(t),
                                      -dr * np.cos(t) + r * np.sin(t)]))
-        return self.center + self._curve(t), nrm
+        return self.center + self._curve(t), nrm, _one_part(nrm)
 
 
 class Annulus(Domain):
     """r_inner < |x - center| < r_outer.
 
     Outward normals point out of the domain on both circles: away from the centre on the outer
-    circle, towards the centre (into the hole) on the inner circle.
+    circle, towards the centre (into the hole) on the inner circle. Parts: ``"outer"`` (tag 0),
+    ``"inner"`` (tag 1).
     """
 
     dim = 2
+    tag_names = {"outer": 0, "inner": 1}
 
     def __init__(self, r_inner: float = 0.5, r_outer: float = 1.0, center=(0.0, 0.0)):
         if not 0 < r_inner < r_outer:
@@ -179,34 +197,61 @@ class Annulus(Domain):
         return (r2 < self.r_outer ** 2) & (r2 > self.r_inner ** 2)
 
     def sample_boundary(self, spacing):
-        pts, nrms = [], []
-        for r, sign in ((self.r_outer, 1.0), (self.r_inner, -1.0)):
+        pts, nrms, tags = [], [], []
+        for tag, (r, sign) in enumerate(((self.r_outer, 1.0), (self.r_inner, -1.0))):
             n = max(8, int(round(2 * np.pi * r / spacing)))
             t = 2 * np.pi * np.arange(n) / n
             u = np.column_stack([np.cos(t), np.sin(t)])
             pts.append(self.center + r * u)
             nrms.append(sign * u)
-        return np.vstack(pts), np.vstack(nrms)
+            tags.append(np.full(n, tag, dtype=np.int64))
+        return np.vstack(pts), np.vstack(nrms), np.concatenate(tags)
 
 
 class Polygon(Domain):
     """Simple polygon given by its vertices (either orientation; not self-intersecting).
 
     Corners are boundary nodes with the bisector normal (normalised sum of the two edge normals).
+
+    Parameters
+    ----------
+    vertices : (n, 2) array
+    names : list of n str, optional
+        Names of the boundary parts: ``names[i]`` is the edge from ``vertices[i]`` to
+        ``vertices[i + 1]`` (tag ``i``); default ``"edge0"``, ``"edge1"``, ... Numbering follows
+        the order given, whatever its orientation; vertex ``i`` belongs to edge ``i``.
     """
 
     dim = 2
 
-    def __init__(self, vertices):
+    def __init__(self, vertices, names=None):
         v = np.asarray(vertices, dtype=np.float64)
         if v.ndim != 2 or v.shape[1] != 2 or len(v) < 3:
             raise ValueError(f"Polygon needs an (n >= 3, 2) vertex array, got shape {v.shape}")
+        n = len(v)
+        if names is None:
+            names = [f"edge{i}" for i in range(n)]
+        names = list(names)
+        if len(names) != n or not all(isinstance(k, str) and k for k in names):
+            raise ValueError(f"Polygon names must be {n} non-empty strings, one per edge "
+                             f"(edge i joins vertex i to vertex i+1); got {names!r}")
+        if len(set(names)) != n:
+            raise ValueError(f"Polygon names must be distinct; got {names!r}")
+        self.tag_names = {k: i for i, k in enumerate(names)}
         x, y = v[:, 0], v[:, 1]
         area2 = float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
         if area2 == 0:
             raise ValueError("Polygon has zero area; give the vertices of a simple polygon")
+        # vertex_tag[j]: tag of stored vertex j (the edge starting there in the given order);
+        # edge_tag[j]: tag of the stored edge j -> j+1
+        idx = np.arange(n)
         if area2 < 0:  # make counter-clockwise so (ty, -tx) is outward
             v = v[::-1].copy()
+            self._vertex_tag = (n - 1 - idx).astype(np.int64)
+            self._edge_tag = ((n - 2 - idx) % n).astype(np.int64)
+        else:
+            self._vertex_tag = idx.astype(np.int64)
+            self._edge_tag = idx.astype(np.int64)
         self.vertices = v
         self.volume = abs(area2) / 2
         self.boundary_measure = float(np.sum(np.linalg.norm(np.roll(v, -1, 0) - v, axis=1)))
@@ -231,21 +276,39 @@ class Polygon(Domain):
         v, w = self.vertices, np.roll(self.vertices, -1, 0)
         edge_n = _unit(np.column_stack([(w - v)[:, 1], -(w - v)[:, 0]]))
         corner_n = _unit(edge_n + np.roll(edge_n, 1, 0))  # vertex i joins edges i-1 and i
-        pts, nrms = [], []
+        pts, nrms, tags = [], [], []
         for i in range(len(v)):
             pts.append(v[i:i + 1]); nrms.append(corner_n[i:i + 1])
+            tags.append(self._vertex_tag[i:i + 1])
             k = max(1, int(round(np.linalg.norm(w[i] - v[i]) / spacing)))
             s = (np.arange(1, k) / k)[:, None]
             pts.append(v[i] + s * (w[i] - v[i])); nrms.append(np.repeat(edge_n[i:i + 1], k - 1, 0))
-        return np.vstack(pts), np.vstack(nrms)
+            tags.append(np.full(k - 1, self._edge_tag[i], dtype=np.int64))
+        return np.vstack(pts), np.vstack(nrms), np.concatenate(tags)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(vertices={self.vertices.tolist()!r})"
 
 
 class Rectangle(Polygon):
-    """Axis-aligned rectangle [lo, hi] (default the unit square)."""
+    """Axis-aligned rectangle [lo, hi] (default the unit square).
+
+    Parts ``"bottom"`` (y = lo, tag 0), ``"right"`` (x = hi, 1), ``"top"`` (y = hi, 2),
+    ``"left"`` (x = lo, 3); each corner belongs to the side that starts there going
+    counter-clockwise: (lo, lo) bottom, (hi, lo) right, (hi, hi) top, (lo, hi) left.
+    """
 
     def __init__(self, lo=(0.0, 0.0), hi=(1.0, 1.0)):
         (x0, y0), (x1, y1) = lo, hi
-        super().__init__([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"Rectangle needs lo < hi componentwise (got {lo}, {hi})")
+        super().__init__([(x0, y0), (x1, y0), (x1, y1), (x0, y1)],
+                         names=["bottom", "right", "top", "left"])
+        self.lo = np.array([x0, y0], dtype=np.float64)
+        self.hi = np.array([x1, y1], dtype=np.float64)
+
+    def __repr__(self):
+        return f"Rectangle(lo={self.lo.tolist()}, hi={self.hi.tolist()})"
 
 
 # --------------------------------------------------------------------------------------- 3D
@@ -273,17 +336,20 @@ class Ball(Domain):
         phi = np.pi * (1.0 + np.sqrt(5.0)) * k  # golden-angle spiral: quasi-uniform on the sphere
         s = np.sqrt(1.0 - z * z)
         nrm = np.column_stack([s * np.cos(phi), s * np.sin(phi), z])
-        return self.center + self.radius * nrm, nrm
+        return self.center + self.radius * nrm, nrm, _one_part(nrm)
 
 
 class Box(Domain):
     """Axis-aligned box [lo, hi] (default the unit cube).
 
     The boundary is the surface of a lattice; nodes on box edges/corners get the normalised sum
-    of the normals of the faces they lie on.
+    of the normals of the faces they lie on. Parts ``"x0"`` (x = lo, tag 0), ``"x1"`` (x = hi, 1),
+    ``"y0"``, ``"y1"``, ``"z0"``, ``"z1"`` (2..5); a node on a box edge or corner belongs to the
+    first of its faces in that order (the corner lo belongs to x0, the edge y = lo, z = hi to y0).
     """
 
     dim = 3
+    tag_names = {"x0": 0, "x1": 1, "y0": 2, "y1": 3, "z0": 4, "z1": 5}
 
     def __init__(self, lo=(0.0, 0.0, 0.0), hi=(1.0, 1.0, 1.0)):
         self.lo = np.asarray(lo, dtype=np.float64)
@@ -310,7 +376,9 @@ class Box(Domain):
         g, low, high = g[on], low[on], high[on]
         pts = self.lo + g / k * (self.hi - self.lo)
         nrm = _unit(high.astype(np.float64) - low.astype(np.float64))
-        return pts, nrm
+        # faces in tag order x0, x1, y0, y1, z0, z1; the first face a node lies on is its part
+        faces = np.stack([low[:, 0], high[:, 0], low[:, 1], high[:, 1], low[:, 2], high[:, 2]], 1)
+        return pts, nrm, np.argmax(faces, axis=1).astype(np.int64)
 
 
 DOMAINS = {"disk": Disk, "ellipse": Ellipse, "star": Star, "annulus": Annulus,

@@ -13,11 +13,20 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.spatial import cKDTree
 
+from ..resources import check_memory
 from .cloud import GHOST_OFFSET, PointCloud
 from .domains import Domain, get_domain
 
 __all__ = ["make_cloud", "spacing_for_count", "fill_interior", "spacing_ratio",
-           "nearest_distances", "make_test_points"]
+           "nearest_distances", "make_test_points", "estimate_cloud_bytes"]
+
+#: Peak bytes of :func:`make_cloud` per node (Ni + Nb) in the smoothing sweeps and per point of
+#: the lattice it clips (the square / cube about the domain's bounding ball). Measured with
+#: tracemalloc: 550 (2D) and 1200 (3D) per node on disks, squares, annuli, balls and boxes of
+#: 1e5-3e5 nodes; 65 per lattice point on a thin ellipse and a thin box (where the lattice
+#: dominates). About 1.3x margin on each.
+_BYTES_PER_NODE = {2: 700, 3: 1600}
+_BYTES_PER_LATTICE_POINT = 85
 
 
 def spacing_for_count(domain: Domain, n: int) -> float:
@@ -26,7 +35,7 @@ def spacing_for_count(domain: Domain, n: int) -> float:
     Solves ``volume / s^d + (1 - gamma) * boundary_measure / s^(d-1) = n``; ``gamma`` (measured:
     0.4 in 2D, 0.25 in 3D) accounts for the node-free strip kept next to the boundary.
     """
-    if n < 10:
+    if not n >= 10:
         raise ValueError(f"asked for n={n} nodes; use n >= 10")
     d = domain.dim
     gamma = 0.4 if d == 2 else 0.25
@@ -107,6 +116,26 @@ def fill_interior(domain: Domain, s: float, boundary: np.ndarray, rng: np.random
     return p
 
 
+def _node_count(domain: Domain, s: float) -> float:
+    """About how many nodes (Ni + Nb) spacing ``s`` gives (float: may be huge or inf)."""
+    d, s = domain.dim, np.float64(s)
+    with np.errstate(over="ignore", divide="ignore", under="ignore"):
+        return float(domain.volume / s ** d + domain.boundary_measure / s ** (d - 1))
+
+
+def estimate_cloud_bytes(domain: Domain, spacing: float) -> float:
+    """Peak memory (bytes, float; ``inf`` when it overflows) of :func:`make_cloud` at this
+    spacing: the larger of the lattice phase and the smoothing phase."""
+    d = domain.dim
+    lo, hi = (np.asarray(a, dtype=np.float64) for a in domain.bbox())
+    spacing = np.float64(spacing)
+    rad = float(np.linalg.norm(hi - lo)) / 2 + 2 * spacing
+    with np.errstate(over="ignore", divide="ignore", under="ignore"):
+        lattice = (2 * rad / spacing) ** d * _BYTES_PER_LATTICE_POINT
+        smoothing = _node_count(domain, spacing) * _BYTES_PER_NODE[d]
+    return float(max(lattice, smoothing))
+
+
 def make_test_points(domain: Domain, n: int, seed: int = 1) -> np.ndarray:
     """Independent evaluation points (interior and boundary), about ``n`` of them."""
     c = make_cloud(domain, n=n, seed=seed, ghost=False)
@@ -138,18 +167,46 @@ def make_cloud(domain, n: int | None = None, spacing: float | None = None, seed:
         (different seed).
     iterations : int
         Repulsion smoothing iterations.
+
+    Notes
+    -----
+    Boundary part tags come from the domain (``sample_boundary`` returning ``(points, normals,
+    tags)`` and ``domain.tag_names``; a domain returning two arrays gives one part).
+    Before allocating, the memory needed is estimated (:func:`estimate_cloud_bytes`) and a job
+    too large for this machine is refused (:class:`dtpinn_dist.resources.ResourceError`).
     """
     if isinstance(domain, str):
         domain = get_domain(domain, **domain_kw)
     if (n is None) == (spacing is None):
         raise ValueError("give exactly one of n (node count) or spacing")
-    s = spacing_for_count(domain, int(n)) if spacing is None else float(spacing)
-    if not s > 0:
-        raise ValueError(f"spacing must be positive, got {spacing}")
+    if n is not None:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer, float)) \
+                or not float(n).is_integer():
+            raise ValueError(f"n must be a whole number of nodes, got {n!r}")
+        n = int(n)
+        what = f"make_cloud(n={n})"
+        s = spacing_for_count(domain, n)
+    else:
+        s = float(spacing)
+        what = f"make_cloud(spacing={spacing:g})"
+        if not (s > 0 and np.isfinite(s)):
+            raise ValueError(f"spacing must be a positive finite number, got {spacing}")
+        count = _node_count(domain, s)
+        if count < 10:
+            raise ValueError(f"spacing {s:g} gives about {count:.0f} nodes on this domain; use a "
+                             "spacing small enough for at least 10 nodes")
+    need = estimate_cloud_bytes(domain, s)
+    if n_test:
+        need = max(need, estimate_cloud_bytes(domain, spacing_for_count(domain, int(n_test))))
+    check_memory(need, what, fix="use fewer nodes (or a larger spacing)")
     rng = np.random.default_rng(seed)
-    boundary, normals = domain.sample_boundary(s)
+    sampled = domain.sample_boundary(s)
+    boundary, normals = sampled[0], sampled[1]
+    tags = np.asarray(sampled[2], dtype=np.int64) if len(sampled) > 2 else None
+    names = getattr(domain, "tag_names", None) if tags is not None else None
     interior = fill_interior(domain, s, boundary, rng, iterations=iterations)
-    cloud = PointCloud(interior=interior, boundary=boundary, normals=normals)
+    cloud = PointCloud(interior=interior, boundary=boundary, normals=normals,
+                       boundary_tags=tags, tag_names=names)
     if ghost:
         # h = N^(-1/d) on the unit disk (ball) is the spacing divided by sqrt(area)
         # (cbrt(volume)); scaling by the spacing keeps that ghost placement on any domain

@@ -26,10 +26,11 @@ class Partition:
     nparts : int
     owner : (n_nodes,) int64
         Part owning each node, in ``cloud.nodes`` order.
-    order : (n_nodes,) int64
-        ``order[new] = old``: the cloud index of each node in the new global numbering.
+    perm : (n_nodes,) int64
+        The renumbering permutation, ``perm[new] = old``: the cloud index of each node in the
+        new global numbering.
     new_index : (n_nodes,) int64
-        ``new_index[old] = new`` (inverse of ``order``); maps operator columns.
+        ``new_index[old] = new`` (inverse of ``perm``); maps operator columns.
     offsets : (nparts + 1,) int64
         Part ``r`` owns new indices ``offsets[r]:offsets[r+1]``.
     n_interior, n_boundary, n_ghost : (nparts,) int64
@@ -43,7 +44,7 @@ class Partition:
 
     nparts: int
     owner: np.ndarray
-    order: np.ndarray
+    perm: np.ndarray
     new_index: np.ndarray
     offsets: np.ndarray
     n_interior: np.ndarray
@@ -59,7 +60,7 @@ class Partition:
     # ---- per-part views ------------------------------------------------------------------
     def owned_nodes(self, r: int) -> np.ndarray:
         """Cloud indices of part ``r``'s nodes in local order (interior, boundary, ghost)."""
-        return self.order[self.offsets[r]:self.offsets[r + 1]]
+        return self.perm[self.offsets[r]:self.offsets[r + 1]]
 
     def L_rows(self, r: int) -> np.ndarray:
         """Rows of the global (serial-numbered) L owned by part ``r``, in local row order."""
@@ -98,9 +99,9 @@ def partition_from_units(unit_part: np.ndarray, n_interior: int, n_boundary: int
     owner = np.concatenate([part_i, part_b, part_b if n_ghost else part_b[:0]])
     # Stable sort by (part, kind, cloud index): within a part interior, boundary, ghost,
     # which is exactly the order of cloud.nodes restricted to the part.
-    order = np.argsort(owner, kind="stable").astype(np.int64)
-    new_index = np.empty_like(order)
-    new_index[order] = np.arange(order.size, dtype=np.int64)
+    perm = np.argsort(owner, kind="stable").astype(np.int64)
+    new_index = np.empty_like(perm)
+    new_index[perm] = np.arange(perm.size, dtype=np.int64)
     counts = np.bincount(owner, minlength=nparts).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n_i = np.bincount(part_i, minlength=nparts).astype(np.int64)
@@ -110,7 +111,7 @@ def partition_from_units(unit_part: np.ndarray, n_interior: int, n_boundary: int
     ob = np.argsort(part_b, kind="stable")
     interior_ids = np.split(oi.astype(np.int64), np.cumsum(n_i)[:-1])
     boundary_ids = np.split(ob.astype(np.int64), np.cumsum(n_b)[:-1])
-    return Partition(nparts=int(nparts), owner=owner, order=order, new_index=new_index,
+    return Partition(nparts=int(nparts), owner=owner, perm=perm, new_index=new_index,
                      offsets=offsets, n_interior=n_i, n_boundary=n_b, n_ghost=n_g,
                      interior_ids=interior_ids, boundary_ids=boundary_ids,
                      n_interior_total=ni, n_boundary_total=nb, method=method)
