@@ -96,7 +96,7 @@ def test_distributed_operators_equal_serial(comm, cloud, serial):
     for op, rows, S in ((D.L, P.L_rows(r), Ls), (D.B, P.B_rows(r), Bs)):
         loc = op.to_scipy_local().tocoo()
         got = np.zeros((len(rows), cloud.n_nodes))
-        got[loc.row, P.order[loc.col]] = loc.data
+        got[loc.row, P.perm[loc.col]] = loc.data
         want = S[rows].toarray()
         assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
     assert D.n_rows_L == serial.n_rows_L and D.n_rows_B == serial.n_rows_B

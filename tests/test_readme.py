@@ -1,4 +1,5 @@
 """The README's Python example is run as written (examples run as tests)."""
+import os
 import re
 import subprocess
 import sys
@@ -23,8 +24,9 @@ def test_readme_example_is_short():
 def test_readme_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(_example())
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}  # this checkout, not an installed copy
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=600, cwd=README.parent)
+                         timeout=600, cwd=README.parent, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     err = float(re.search(r"relative L2 error: ([0-9.eE+-]+)", res.stdout).group(1))
     assert err < 1e-2, res.stdout[-2000:]
