@@ -579,7 +579,7 @@ class PointCloud:
             return  # validate() names shape problems
         coll = self.collocation
         ctree = cKDTree(coll)
-        d_nn = ctree.query(coll[:min(len(coll), 20000)], k=2)[0][:, 1]  # a sample suffices
+        d_nn = ctree.query(coll[::max(1, len(coll) // _SPACING_SAMPLE)], k=2)[0][:, 1]
         med = float(np.median(d_nn[np.isfinite(d_nn)])) if np.isfinite(d_nn).any() else 0.0
         dg, jg = ctree.query(self.ghost, k=1)
         if self.n_boundary > 1:
