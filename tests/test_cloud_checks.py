@@ -94,6 +94,41 @@ def test_interior_nodes_far_outside_refused():
         stray.validate()
 
 
+def test_graded_cloud_passes():
+    """A coarse core (3x the spacing) inside a fine cloud is joined to the boundary through its
+    k nearest neighbours even where the quick one-spacing cells leave it in pieces."""
+    from dtpinn_dist.geometry.cloud import _cell_components
+
+    c = make_cloud("disk", n=6000, seed=0, ghost=False)
+    a = 3 * _spacing(c)
+    g = np.arange(-0.5, 0.5, a)
+    core = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + a / 4
+    core = core[np.linalg.norm(core, axis=1) < 0.5 - 0.5 * a]
+    keep = np.linalg.norm(c.interior, axis=1) > 0.5
+    graded = PointCloud(np.vstack([c.interior[keep], core]), c.boundary, c.normals)
+    med = _spacing(graded)
+    labels = _cell_components(graded.interior, np.array([-2.0, -2.0]), np.array([2.0, 2.0]), med)
+    assert labels.max() > 10  # the quick pass alone would not have joined the core
+    graded.validate()
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_cell_components_grid_and_hashing_agree(monkeypatch, d):
+    """The quick connectivity pass labels a dense grid, or hashes cells when the grid would be
+    too large: both give the same grouping (points in a cube with a spherical hole)."""
+    from dtpinn_dist.geometry import cloud
+
+    x = np.random.default_rng(d).uniform(0, 1, (3000, d))
+    x = x[np.linalg.norm(x - 0.5, axis=1) > 0.3]
+    lo, hi = np.zeros(d), np.ones(d)
+    grid = cloud._cell_components(x, lo, hi, 0.05)
+    monkeypatch.setattr(cloud, "_MAX_GRID_PER_POINT", 0)
+    hashed = cloud._cell_components(x, lo, hi, 0.05)
+    pairs = set(zip(grid.tolist(), hashed.tolist()))
+    assert len(pairs) == len(set(grid.tolist())) == len(set(hashed.tolist()))
+    assert len(pairs) > 1 if d == 3 else len(pairs) == 1  # sparse 3D sample: several groups
+
+
 # ----------------------------------------------------------------------------- spacing
 def test_nearly_coincident_nodes_refused(disk):
     x = np.vstack([disk.interior, disk.interior[10] + [1e-9, 0.0]])
@@ -122,6 +157,8 @@ def test_tolerances_are_relative_to_the_spacing(disk, scale, shift):
     dup = PointCloud(np.vstack([c.interior, c.interior[4]]), c.boundary, c.normals)
     with pytest.raises(ValueError, match="duplicate nodes: interior row 4 and interior row"):
         dup.validate()
+    with pytest.raises(ValueError, match="flip them"):  # the other checks work at any scale
+        PointCloud(c.interior, c.boundary, -c.normals).validate()
 
 
 def test_node_at_a_ghost_place_refused(disk, tmp_path):

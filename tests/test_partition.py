@@ -198,3 +198,25 @@ def test_ptscotch_same_in_two_launches(mpirun):
         assert len(line) == 1, r.stdout
         hashes.append(line[0])
     assert hashes[0] == hashes[1]
+
+
+@pytest.mark.parametrize("method", ["hilbert", "block"])
+def test_boundary_tags_follow_the_partition(method):
+    """A part's local cloud (cloud.subset of its owned rows) carries the tags, normals and
+    ghosts of exactly the boundary nodes it owns, in local order."""
+    from dtpinn_dist.geometry import Rectangle, make_cloud
+
+    cloud = make_cloud(Rectangle((0, 0), (2, 1)), n=900, seed=0)
+    P = partition_cloud(cloud, 3, method=method)
+    seen = []
+    for r in range(P.nparts):
+        local = cloud.subset(interior=P.interior_ids[r], boundary=P.boundary_ids[r])
+        own = P.owned_nodes(r)
+        nb_r = P.n_boundary[r]
+        ni_r = P.n_interior[r]
+        np.testing.assert_array_equal(local.boundary, cloud.nodes[own[ni_r:ni_r + nb_r]])
+        np.testing.assert_array_equal(local.ghost, cloud.nodes[own[ni_r + nb_r:]])
+        np.testing.assert_array_equal(local.tags, cloud.tags[P.boundary_ids[r]])
+        assert local.parts == cloud.parts
+        seen.append(local.tags)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(cloud.tags))
