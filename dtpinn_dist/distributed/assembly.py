@@ -124,8 +124,7 @@ def distributed_system(cloud, order: int, comm=None, specs: dict | None = None, 
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"the PETSc backend supports float64 (and float32 by casting); got "
                          f"dtype={dtype}")
-    cloud.validate()
-    if cloud.ghost is None:
+    if cloud.ghost is None:  # (validated by the caller: discretize checks it once, on rank 0)
         cloud = cloud.with_ghost()
     if specs is None:
         specs = paper_specs(cloud, alpha, beta)

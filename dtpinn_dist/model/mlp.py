@@ -6,12 +6,12 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MLP", "DTYPES", "parse_dtype"]
+__all__ = ["MLP", "DTYPES", "parse_dtype", "ACTIVATIONS"]
 
 DTYPES = {"fp64": torch.float64, "float64": torch.float64, "fp32": torch.float32,
           "float32": torch.float32}
 
-_ACTIVATIONS = {"tanh": torch.tanh, "sin": torch.sin}
+ACTIVATIONS = {"tanh": torch.tanh, "sin": torch.sin}
 
 
 def parse_dtype(name) -> torch.dtype:
@@ -49,11 +49,11 @@ class MLP(nn.Module):
                  dtype=torch.float64, seed: int = 0, activation: str = "tanh", device="cpu"):
         super().__init__()
         dtype = parse_dtype(dtype)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}: use one of {sorted(_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
         self.in_dim, self.width, self.depth, self.out_dim = in_dim, width, depth, out_dim
         self.activation = activation
-        self._act = _ACTIVATIONS[activation]
+        self._act = ACTIVATIONS[activation]
         sizes = [in_dim] + [width] * depth + [out_dim]
         gen = torch.Generator().manual_seed(int(seed))
         self.layers = nn.ModuleList()

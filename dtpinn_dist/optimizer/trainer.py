@@ -25,7 +25,7 @@ from ..model.params import copy_flat_into, flatten
 from .first_order import default_lr
 from .registry import build, parse_schedule
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "ConfigError"]
 
 
 @dataclass
@@ -92,6 +92,50 @@ class TrainConfig:
     verbose: bool = True
     schedule: str | None = None
     lm: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Every setting checked once, here, with one message naming the setting."""
+        def need(ok, name, what):
+            if not ok:
+                raise ConfigError(name, f"{name} = {getattr(self, name)!r}: {what}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def finite(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("width", "depth", "history_size", "max_iter"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
+                 "must be an integer >= 1")
+        for name in ("steps", "eval_every", "seed"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
+                 "must be an integer >= 0")
+        need(self.lr is None or (finite(self.lr) and self.lr > 0), "lr",
+             "the learning rate must be a finite number > 0")
+        for name in ("tol", "tolerance_grad", "tolerance_change", "divergence_factor"):
+            need(finite(getattr(self, name)) and getattr(self, name) >= 0, name,
+                 "must be a finite number >= 0")
+        need(self.time_budget is None or (finite(self.time_budget) and self.time_budget > 0),
+             "time_budget", "must be a finite number of seconds > 0 (or None)")
+        from ..model.mlp import ACTIVATIONS
+        need(self.activation in ACTIVATIONS, "activation", f"use one of {sorted(ACTIVATIONS)}")
+        from .registry import OPTIMIZERS
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"use one of {sorted(OPTIMIZERS)}")
+        if self.schedule is not None:
+            try:
+                parse_schedule(self.schedule)
+            except ValueError as exc:
+                raise ConfigError("schedule", str(exc)) from None
+        need(isinstance(self.lm, dict), "lm", "must be a dict of Levenberg-Marquardt options")
+
+
+class ConfigError(ValueError):
+    """A training setting is out of range; ``param`` names it (the CLI maps it to its flag)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass

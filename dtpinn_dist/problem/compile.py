@@ -130,12 +130,17 @@ class Compiled:
     (numpy) or tensors (torch, ``lib="torch"``); a constant expression returns a Python float.
     """
 
-    def __init__(self, expr, names):
+    def __init__(self, expr, names, what: str | None = None):
         self.expr = sympy.sympify(expr)
         self.names = tuple(sorted(names))
         self.free = tuple(sorted(s.name for s in self.expr.free_symbols))
         self.is_constant = not self.free
-        self._f = _node(self.expr, self.names)
+        try:
+            self._f = _node(self.expr, self.names)
+        except ValueError as exc:
+            if what is None:
+                raise
+            raise ValueError(f"{what}: {exc}") from None
 
     def __call__(self, env: dict, lib: str = "numpy"):
         table = NUMPY if lib == "numpy" else TORCH
@@ -145,7 +150,8 @@ class Compiled:
         return f"Compiled({self.expr})"
 
 
-def compile_expr(expr, names) -> Compiled:
-    """:class:`Compiled` of ``expr``; ``ValueError`` naming the part that cannot be evaluated."""
-    return Compiled(expr, names)
+def compile_expr(expr, names, what: str | None = None) -> Compiled:
+    """:class:`Compiled` of ``expr``; ``ValueError`` naming the part that cannot be evaluated
+    (prefixed by ``what`` the expression is)."""
+    return Compiled(expr, names, what)
 

@@ -142,8 +142,8 @@ def _namespace(dim: int, time: bool, boundary: bool, params: dict, what: str):
         name = "d" + AXES[axis]
         if axis >= dim:
             def refuse(*_):
-                raise ExpressionError(f"{name}(...) in a {dim}D problem: the cloud has "
-                                      f"coordinates {', '.join(AXES[:dim])} only")
+                raise ExpressionError(f"{name}(...) in a {dim}D problem ({what}): the cloud "
+                                      f"has coordinates {', '.join(AXES[:dim])} only")
             return refuse
         return lambda e: sympy.diff(scalar(e, name), xs[axis])
 

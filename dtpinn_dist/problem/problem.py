@@ -197,7 +197,8 @@ class Problem:
                 raise ExpressionError("a time-dependent problem needs an initial value: give "
                                       "initial= (u0 of x) or exact=")
         elif self.initial is not None:
-            raise ExpressionError("initial= is for time-dependent problems (give time=(t0, t1))")
+            raise ExpressionError("an initial value (initial=) is for time-dependent problems: "
+                                  "give time=(t0, t1), or drop it")
         out = Analysis(dim=dim, pde=pde, bcs=bcs, f=f, g=g, u0=u0, exact=exact,
                        params=self.params)
         if not check_only:

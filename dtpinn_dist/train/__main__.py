@@ -22,7 +22,8 @@ HEAT_N = 828  # the paper's heat experiment (Nt = 24: 20700 space-time points)
 #: Phrases of library messages -> the flag that set that input.
 _FLAG_OF = {"PDE": "--pde", "exact solution": "--exact", "forcing f": "--f",
             "boundary data g": "--g", "initial value": "--u0", "time interval": "--time",
-            "nt (time steps)": "--nt", "order p": "--order"}
+            "nt (time steps)": "--nt", "order p": "--order", "forcing f (derived": "--exact",
+            "(derived from the exact solution)": "--exact"}
 
 
 class UserError(ValueError):
@@ -168,6 +169,28 @@ def _problem(args):
                    name=args.problem if args.pde is None else None)
 
 
+def _train_config(args):
+    """The training settings, checked at once (one message naming the flag)."""
+    from ..optimizer.trainer import ConfigError, TrainConfig
+
+    lm_opts = {"step": args.lm_step, "memory_budget": args.lm_memory_gb * 1e9}
+    if args.lm_cg_maxiter is not None:
+        lm_opts["cg_maxiter"] = args.lm_cg_maxiter
+    if not (args.lm_memory_gb > 0 and args.lm_memory_gb < float("inf")):
+        raise UserError(f"--lm-memory-gb {args.lm_memory_gb}: give a positive number of GB")
+    try:
+        return TrainConfig(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
+                           lm=lm_opts, line_search=args.line_search == "strong-wolfe",
+                           history_size=args.history_size, max_iter=args.max_iter,
+                           tolerance_grad=args.tolerance_grad,
+                           tolerance_change=args.tolerance_change, steps=args.steps,
+                           tol=args.tol, time_budget=args.time_budget,
+                           eval_every=args.eval_every, seed=args.seed, width=args.width,
+                           depth=args.depth, verbose=not args.quiet)
+    except ConfigError as exc:
+        raise UserError(f"--{exc.param.replace('_', '-')}: {exc}") from None
+
+
 def _flagged(exc: Exception) -> str:
     """A library message with the flag that set the offending input in front of it."""
     msg = str(exc)
@@ -186,16 +209,13 @@ def run(args, log=print) -> dict:
     from ..problem import ExpressionError, discretize
 
     comm = as_comm(None)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: give at least 1 thread")
         torch.set_num_threads(args.threads)
-    if args.steps < 0 or args.eval_every < 0:
-        raise UserError("--steps and --eval-every must be >= 0")
-    if args.schedule is not None:
-        from ..optimizer import parse_schedule
-        try:
-            parse_schedule(args.schedule)
-        except ValueError as exc:
-            raise UserError(f"--schedule: {exc}") from None
+    if args.test_points is not None and args.test_points < 1:
+        raise UserError(f"--test-points {args.test_points}: give at least 1 test point")
+    cfg = _train_config(args)
     if args.method != "dt" and ("lm" in (args.schedule or "") or args.optimizer == "lm"):
         raise UserError("Levenberg-Marquardt needs --method dt (its Jacobian is the sparse "
                         "operators times the network's); use --optimizer lbfgs or adam for "
@@ -225,18 +245,8 @@ def run(args, log=print) -> dict:
         disc = discretize(problem, cloud, args.order, method=args.method, comm=comm,
                           backend=args.backend, dtype=args.dtype, device=args.device,
                           partitioner=args.partitioner)
-    except ExpressionError as exc:
+    except ValueError as exc:  # ExpressionError included: bad data, parts, cloud
         raise UserError(_flagged(exc)) from None
-    lm_opts = {"step": args.lm_step, "memory_budget": args.lm_memory_gb * 1e9}
-    if args.lm_cg_maxiter is not None:
-        lm_opts["cg_maxiter"] = args.lm_cg_maxiter
-    cfg = TrainConfig(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, lm=lm_opts,
-                      line_search=args.line_search == "strong-wolfe",
-                      history_size=args.history_size, max_iter=args.max_iter,
-                      tolerance_grad=args.tolerance_grad, tolerance_change=args.tolerance_change,
-                      steps=args.steps, tol=args.tol, time_budget=args.time_budget,
-                      eval_every=args.eval_every, seed=args.seed, width=args.width,
-                      depth=args.depth, verbose=not args.quiet)
     info = disc.info
     if comm.rank == 0 and not args.quiet:
         log(f"{args.method} PINN, {problem.pde} = f, {info['dtype']}, p={args.order}, "
