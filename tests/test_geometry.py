@@ -1,5 +1,4 @@
 """Point clouds: domains, node generation, validation, file IO."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,6 @@ from dtpinn_dist.geometry import (Annulus, Ball, Box, Disk, Ellipse, PointCloud,
                                   save_npz, spacing_ratio)
 from dtpinn_dist.geometry.io import mat_sizes
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-MAT = REF / "DiskPoissonNodes.mat"
-needs_ref = pytest.mark.skipif(not MAT.exists(), reason=f"reference data not found at {REF}")
 
 L_SHAPE = [(0, 0), (2, 0), (2, 1), (1, 1), (1, 2), (0, 2)]
 DOMAINS_2D = [Disk(), Star(a=1.0, b=0.25, k=5), Annulus(0.4, 1.0), Rectangle((0, 0), (2, 1)),
@@ -158,20 +154,20 @@ def test_make_cloud_spacing_and_method():
 
 
 # ----------------------------------------------------------------------------- IO
-@needs_ref
-def test_load_mat_authors_nodes():
-    assert mat_sizes(MAT) == [582, 828, 1663, 3196, 4975]
-    c = load_mat(MAT, n=4975)
+def test_load_mat_authors_nodes(shared_reference):
+    mat = shared_reference / "DiskPoissonNodes.mat"
+    assert mat_sizes(mat) == [582, 828, 1663, 3196, 4975]
+    c = load_mat(mat, n=4975)
     assert (c.n_interior, c.n_boundary) == (4747, 228)
     assert c.h == pytest.approx(4975 ** -0.5)
     np.testing.assert_allclose(c.ghost, c.boundary + 0.25 * c.h * c.normals)
-    c0 = load_cloud(MAT, index=0, ghost=False)
+    c0 = load_cloud(mat, index=0, ghost=False)
     assert c0.n_interior + c0.n_boundary == 582 and c0.ghost is None
-    assert load_cloud(MAT).n_interior == 4747  # default: last entry
+    assert load_cloud(mat).n_interior == 4747  # default: last entry
     with pytest.raises(ValueError, match=r"no node set with N=1000; available N: \[582"):
-        load_mat(MAT, n=1000)
+        load_mat(mat, n=1000)
     with pytest.raises(ValueError, match="index 7 out of range .* use 0..4"):
-        load_mat(MAT, index=7)
+        load_mat(mat, index=7)
 
 
 def test_mat_roundtrip_and_errors(tmp_path):

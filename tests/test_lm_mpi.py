@@ -22,10 +22,12 @@ NT = 3
 
 
 @pytest.fixture(scope="module")
-def cloud(shared_reference):
-    from dtpinn_dist.geometry import load_mat
+def cloud():
+    """A generated disk cloud the size of the authors' 828-node set (nothing here is about
+    that file, so a plain clone runs these tests)."""
+    from dtpinn_dist.geometry import make_cloud
 
-    return load_mat(shared_reference / "DiskPoissonNodes.mat", n=828)
+    return make_cloud("disk", n=828, seed=6)
 
 
 @pytest.fixture(scope="module")

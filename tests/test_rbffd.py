@@ -2,7 +2,6 @@
 row subsets, error paths, CLI."""
 import itertools
 from math import factorial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,6 @@ from dtpinn_dist.operators import (assemble, biharmonic_matrix, boundary_matrix,
                                    laplacian_matrix, rbffd_weights, stencil_params)
 from dtpinn_dist.operators.polynomials import multi_indices
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-MAT = REF / "DiskPoissonNodes.mat"
-needs_ref = pytest.mark.skipif(not MAT.exists(), reason=f"reference data not found at {REF}")
 
 
 def mono_deriv(x, a, b):
@@ -154,9 +150,8 @@ def _poisson_error(c, p):
     return np.linalg.norm(U[:Nc] - u[:Nc]) / np.linalg.norm(u[:Nc])
 
 
-@needs_ref
-def test_poisson_solve_authors_nodes():
-    c = load_mat(MAT, n=4975)
+def test_poisson_solve_authors_nodes(shared_reference):
+    c = load_mat(shared_reference / "DiskPoissonNodes.mat", n=4975)
     errs = {p: _poisson_error(c, p) for p in (2, 3, 4, 5)}
     print("relative L2 errors, N=4975:", errs)
     assert errs[2] > errs[3] > errs[4] > errs[5]
@@ -164,9 +159,9 @@ def test_poisson_solve_authors_nodes():
     assert errs[3] < 1e-5 and errs[5] < 5e-8
 
 
-@needs_ref
-def test_poisson_solve_converges_with_n():
-    e = [_poisson_error(load_mat(MAT, n=n), 3) for n in (828, 3196)]
+def test_poisson_solve_converges_with_n(shared_reference):
+    e = [_poisson_error(load_mat(shared_reference / "DiskPoissonNodes.mat", n=n), 3)
+         for n in (828, 3196)]
     assert e[1] < e[0] / 4
 
 
