@@ -9,6 +9,9 @@ from dtpinn_dist.geometry import (Annulus, Ball, Box, Disk, Ellipse, PointCloud,
                                   Rectangle, Star, load_cloud, load_mat, load_npz, make_cloud,
                                   save_npz, spacing_ratio)
 from dtpinn_dist.geometry.io import mat_sizes
+from roundoff import gamma
+
+EPS = float(np.finfo(np.float64).eps)
 
 
 L_SHAPE = [(0, 0), (2, 0), (2, 1), (1, 1), (1, 2), (0, 2)]
@@ -68,12 +71,19 @@ def test_boundary_normals_unit_and_outward(dom):
     s = 0.05 if dom.dim == 2 else 0.15
     pts, nrm = dom.sample_boundary(s)
     assert pts.shape == nrm.shape and pts.shape[1] == dom.dim
-    np.testing.assert_allclose(np.linalg.norm(nrm, axis=1), 1.0, atol=1e-12)
+    # Every normal is v / |v| (or (cos t, sin t)): its norm is 1 within gamma_(d+2), and the
+    # norm computed here adds gamma_(d+1); 4 gamma_(d+2) allows 1-ulp libm functions.
+    # Measured: <= 1 eps (4 gamma_(d+2) = 8-10 eps).
+    d = dom.dim
+    assert np.all(np.abs(np.linalg.norm(nrm, axis=1) - 1.0) <= 4 * gamma(d + 2))
     eps = 1e-4
     assert not dom.inside(pts + eps * nrm).any(), "normal points into the domain"
     assert dom.inside(pts - eps * nrm).all(), "normal points out of the domain from inside"
     lo, hi = dom.bbox()
-    assert np.all(pts >= lo - 1e-12) and np.all(pts <= hi + 1e-12)
+    # points on the boundary, computed with a few roundings of their coordinates' size
+    # (measured: none outside the box at all)
+    slack = 4 * EPS * max(np.abs(lo).max(), np.abs(hi).max())
+    assert np.all(pts >= lo - slack) and np.all(pts <= hi + slack)
     # boundary spacing about s: nearest-neighbour distances within a modest factor
     nn = np.sort(np.linalg.norm(pts[:, None] - pts[None], axis=2), axis=1)[:, 1]
     assert 0.4 * s < nn.min() and nn.max() < 1.6 * s
@@ -86,8 +96,12 @@ def test_annulus_inner_normals_point_to_centre():
     inner = np.isclose(r, 0.5)
     assert inner.sum() > 10 and (~inner).sum() > 10
     radial = (pts - dom.center) / r[:, None]
-    np.testing.assert_allclose(nrm[inner], -radial[inner], atol=1e-12)
-    np.testing.assert_allclose(nrm[~inner], radial[~inner], atol=1e-12)
+    # pts = c + R u rounds by eps (|c| + R) per coordinate and pts - c again, relative to R,
+    # plus a few roundings in each normalisation: tolerance 8 eps (2 |c| + R) / R.
+    # Measured: 0.5 eps.
+    c = np.linalg.norm(dom.center)
+    for sel, sign, R in ((inner, -1, 0.5), (~inner, 1, 1.0)):
+        assert np.all(np.abs(nrm[sel] - sign * radial[sel]) <= 8 * EPS * (2 * c + R) / R)
 
 
 def test_star_normals_exact():
@@ -132,6 +146,7 @@ def test_make_cloud_quality(dom, n, bound):
     assert c.test is not None and abs(len(c.test) - 500) < 50
     # the test set is an independent cloud: its interior points differ from the training nodes
     # (boundary samplers are deterministic, so some test boundary points may coincide)
+    # (a separation check, not a round-off tolerance: distinct points, spacing ~0.03)
     assert cKDTree(c.interior).query(c.test)[0].min() > 1e-9
     assert not np.array_equal(c.test[:50], c.interior[:50])
 
