@@ -10,7 +10,7 @@ largest measured value; the suite's rule is at least 10x for measured tolerances
 
     python tests/measure_spread.py                      # serial, threads 1 and 2
     python tests/measure_spread.py tests/test_jacobian.py
-    python tests/measure_spread.py --ranks 3            # mpirun -n 3, pytest -m mpi
+    python tests/measure_spread.py --ranks 3 --threads 1  # mpirun -n 3, pytest -m mpi
 """
 import argparse
 import json
@@ -46,8 +46,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("targets", nargs="*", default=["tests"])
     ap.add_argument("--ranks", type=int, default=1)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (1,2)")
     args = ap.parse_args(argv)
+    args.threads = [int(t) for t in args.threads.split(",")]
     table = defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
         for t in args.threads:
