@@ -14,8 +14,9 @@ Environment honoured here:
     ``shared/reference`` beside the repository. Tests that are about that file skip without it;
     everything else runs on generated clouds, so a plain clone runs the whole suite.
 ``DTPINN_TEST_THREADS``
-    thread count for torch, OpenMP and OpenBLAS (default 1 each; torch's own default when unset
-    in a serial run), to check that no assertion depends on one thread count's round-off.
+    thread count for torch, OpenMP and OpenBLAS (default: OMP_NUM_THREADS and
+    OPENBLAS_NUM_THREADS as given, else 1, and torch follows OMP_NUM_THREADS), to check that no
+    assertion depends on one thread count's round-off.
 ``DTPINN_SPREAD_LOG``
     append the measured size of the tight comparisons (the ``spread`` fixture) to this file as
     JSON lines; ``tests/measure_spread.py`` runs them under 1 and 2 threads and prints the table.
