@@ -6,8 +6,23 @@ their tests fails, and then their whole report is printed, prefixed by the rank.
 returns non-zero when any rank's pytest does, so a failure on any rank fails the run; the
 per-test timeout (pytest-timeout, thread method) kills a rank stuck in a collective, which makes
 mpirun tear the job down instead of hanging.
+
+Environment honoured here:
+
+``DTPINN_REFERENCE_DIR``
+    folder with the authors' node sets (the variable the CLI honours too); default
+    ``shared/reference`` beside the repository. Tests that are about that file skip without it;
+    everything else runs on generated clouds, so a plain clone runs the whole suite.
+``DTPINN_TEST_THREADS``
+    thread count for torch, OpenMP and OpenBLAS (default: OMP_NUM_THREADS and
+    OPENBLAS_NUM_THREADS as given, else 1, and torch follows OMP_NUM_THREADS), to check that no
+    assertion depends on one thread count's round-off.
+``DTPINN_SPREAD_LOG``
+    append the measured size of the tight comparisons (the ``spread`` fixture) to this file as
+    JSON lines; ``tests/measure_spread.py`` runs them under 1 and 2 threads and prints the table.
 """
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,8 +32,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+AUTHORS_FILE = "DiskPoissonNodes.mat"
+THREADS = os.environ.get("DTPINN_TEST_THREADS")
+
+# before numpy/torch load their thread pools
+os.environ.setdefault("OMP_NUM_THREADS", THREADS or "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", THREADS or "1")
 
 
 from dtpinn_dist.comm.launch import launch_rank_size  # noqa: E402 (reads the launcher's env)
@@ -31,10 +50,10 @@ _exitstatus = 0
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     global _quiet_buffer
-    if SIZE > 1:
+    if SIZE > 1 or THREADS:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(int(THREADS or 1))
         if RANK != 0:
             # The terminal reporter is created after this hook and writes to sys.stdout.
             _quiet_buffer = io.StringIO()
@@ -54,13 +73,39 @@ def pytest_unconfigure(config):
             sys.stderr.write("".join(f"[rank {RANK}] {line}\n" for line in text.splitlines()))
 
 
+def reference_dir() -> Path:
+    """``$DTPINN_REFERENCE_DIR``, else ``shared/reference`` beside the repository."""
+    return Path(os.environ.get("DTPINN_REFERENCE_DIR") or SHARED / "reference")
+
+
 @pytest.fixture(scope="session")
 def shared_reference():
-    """Folder with the authors' node sets; tests that need it skip when it is absent."""
-    ref = SHARED / "reference"
-    if not (ref / "DiskPoissonNodes.mat").exists():
-        pytest.skip(f"reference node sets not found in {ref}")
+    """Folder with the authors' node sets, for the tests that are about that file; they skip
+    when it is absent (``DTPINN_REFERENCE_DIR`` points elsewhere)."""
+    ref = reference_dir()
+    if not (ref / AUTHORS_FILE).exists():
+        pytest.skip(f"reference node sets not found in {ref} (set DTPINN_REFERENCE_DIR)")
     return ref
+
+
+@pytest.fixture
+def spread(request):
+    """``spread(name, err, tol)``: record a tight comparison's measured size next to its
+    tolerance when ``DTPINN_SPREAD_LOG`` is set (for ``tests/measure_spread.py``); a no-op
+    otherwise. The test still asserts ``err <= tol`` itself."""
+    path = os.environ.get("DTPINN_SPREAD_LOG")
+
+    def record(name, err, tol):
+        if path:
+            import torch
+
+            rec = {"test": request.node.nodeid, "name": name, "err": float(err),
+                   "tol": float(tol), "ranks": SIZE, "rank": RANK,
+                   "threads": torch.get_num_threads()}
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    return record
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +119,8 @@ def comm():
 def mpi_env():
     """Environment for tests that launch ``mpirun`` themselves (root, oversubscription, threads)."""
     env = dict(os.environ)
+    # the launched processes import this checkout, not whatever install the venv points at
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1")

@@ -19,13 +19,24 @@ pytest.importorskip("mpi4py")
 from dtpinn_dist.comm import tensor_hash  # noqa: E402
 
 ORDER = 3
+# The strict claim at equal parameters. The distributed SpMV sums each row in another order than
+# the serial one (and PETSc splits it into on- and off-process blocks); the stencil weights
+# ~1/h^2 cancel, so values (loss, residual, test error) differ by ~1e-14 relative and
+# derivatives (gradient, J v, J^T y, J), which cancel further through L^T and the network, by
+# ~1e-12 relative to their norm or max. Measured (tests/measure_spread.py; serial at threads 1
+# and 2, mpirun -n 2/3/4): values <= 4e-14, derivatives <= 1.5e-12; tolerances 1e-12 and 2e-11
+# (>= 13x). test_lm_mpi.py uses the same two.
+EQUAL_PARAMS_RTOL = 1e-12
+EQUAL_PARAMS_GRAD_RTOL = 2e-11
 
 
 @pytest.fixture(scope="module")
-def cloud(shared_reference):
-    from dtpinn_dist.geometry import load_mat
+def cloud():
+    """A generated disk cloud the size of the authors' 828-node set (nothing here is about
+    that file, so a plain clone runs these tests)."""
+    from dtpinn_dist.geometry import make_cloud
 
-    c = load_mat(shared_reference / "DiskPoissonNodes.mat", n=828)
+    c = make_cloud("disk", n=828, seed=6)
     rng = np.random.default_rng(0)
     # independent test points strictly inside the disk
     r, t = np.sqrt(rng.random(300)) * 0.99, 2 * np.pi * rng.random(300)
@@ -87,7 +98,7 @@ def _dist(cloud, comm, partition="auto", **kw):
 
 
 @pytest.mark.mpi
-def test_distributed_operators_equal_serial(comm, cloud, serial):
+def test_distributed_operators_equal_serial(comm, cloud, serial, spread):
     """Each rank's rows of L and B, mapped back to cloud numbering, are the serial rows."""
     D = _dist(cloud, comm)
     P = D.info["partition"]
@@ -98,7 +109,12 @@ def test_distributed_operators_equal_serial(comm, cloud, serial):
         got = np.zeros((len(rows), cloud.n_nodes))
         got[loc.row, P.perm[loc.col]] = loc.data
         want = S[rows].toarray()
-        assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+        # each row's weights come from the same stencil solve as the serial row (the same
+        # nodes, maybe another batch): measured max |got - want| / (eps max|want|) = 0
+        # (1-4 ranks, threads 1 and 2); tolerance 64 eps max|want|.
+        err, tol = np.abs(got - want).max(), 64 * np.finfo(float).eps * np.abs(want).max()
+        spread("dist.operator_rows", err, tol)
+        assert err <= tol
     assert D.n_rows_L == serial.n_rows_L and D.n_rows_B == serial.n_rows_B
     assert comm.sum(len(D.nodes)) == cloud.n_nodes
     assert comm.sum(len(D.test_points)) == len(cloud.test)
@@ -112,8 +128,9 @@ def test_distributed_operators_equal_serial(comm, cloud, serial):
     ("poisson", "dt", "auto"), ("nonlinear-poisson", "dt", "uneven"),
     ("poisson", "dt", "block"), ("heat", "dt", "auto"), ("heat", "dt", "block"),
     ("poisson", "vanilla", "auto"), ("heat", "vanilla", "uneven")])
-def test_loss_and_gradient_equal_serial(comm, cloud, serial, kind, method, partition):
-    """Loss and gradient of the distributed system equal the single-process ones (1e-12 rel)."""
+def test_loss_and_gradient_equal_serial(comm, cloud, serial, kind, method, partition, spread):
+    """Loss and gradient of the distributed system equal the single-process ones
+    (``EQUAL_PARAMS_RTOL``), also on a rank without boundary nodes and uneven partitions."""
     D = _dist(cloud, comm, partition)
     if partition == "block" and comm.size > 1:
         assert D.info["partition"].n_boundary[0] == 0  # the rank-without-boundary case
@@ -123,53 +140,105 @@ def test_loss_and_gradient_equal_serial(comm, cloud, serial, kind, method, parti
     model = _model(prob)
     ls, gs = _loss_and_grad(prob, model, serial)
     ld, gd = _loss_and_grad(prob, model, D)
-    assert abs(ld - ls) <= 1e-12 * abs(ls)
-    assert torch.linalg.norm(gd - gs) <= 1e-12 * torch.linalg.norm(gs)
+    rel_l, rel_g = abs(ld - ls) / abs(ls), torch.linalg.norm(gd - gs) / torch.linalg.norm(gs)
+    spread("dist.loss", rel_l, EQUAL_PARAMS_RTOL)
+    spread("dist.grad", rel_g, EQUAL_PARAMS_GRAD_RTOL)
+    assert rel_l <= EQUAL_PARAMS_RTOL and rel_g <= EQUAL_PARAMS_GRAD_RTOL
     assert comm.same_on_all_ranks(gd)
     # the test-set error is a global sum too
     es, ed = prob.rel_l2(model, serial), prob.rel_l2(model, D)
-    assert abs(ed - es) <= 1e-12 * es
+    spread("dist.rel_l2", abs(ed - es) / es, EQUAL_PARAMS_RTOL)
+    assert abs(ed - es) <= EQUAL_PARAMS_RTOL * es
+
+
+def _as_model(prob, flat):
+    """A fresh network holding the flat parameter vector ``flat``."""
+    m = _model(prob)
+    torch.nn.utils.vector_to_parameters(flat.clone(), m.parameters())
+    return m
+
+
+def _history(tr, n, after_step=None):
+    """The first ``n`` closure losses of ``tr``'s optimizer; ``after_step(tr, evals)`` runs after
+    every optimizer step."""
+    losses = []
+    orig = tr.closure
+
+    def closure():
+        loss = orig()
+        losses.append(float(loss))
+        return loss
+
+    while len(losses) < n:
+        tr.optimizer.step(closure)
+        if after_step is not None:
+            after_step(tr, len(losses))
+    return np.array(losses[:n])
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind,partition,line_search,lr", [
     ("poisson", "auto", True, None), ("poisson", "uneven", True, None),
     ("nonlinear-poisson", "auto", False, 0.01), ("heat", "block", False, 0.4)])
-def test_lbfgs_lockstep_matches_serial(comm, cloud, serial, kind, partition, line_search, lr):
-    """The first 20 L-BFGS closure evaluations reproduce the serial loss history (1e-9 rel),
-    and the parameters are bit-identical on all ranks after every step.
+def test_lbfgs_lockstep_matches_serial(comm, cloud, serial, kind, partition, line_search, lr,
+                                       spread):
+    """L-BFGS on the distributed system against the serial one, first 20 closure evaluations.
 
-    Settings: the CLI default (strong-Wolfe line search) and the paper's no-line-search
-    L-BFGS at its nonlinear-Poisson rate 0.01 and heat rate 0.4. The SpMV sums in another order than the serial backend
-    (stencil weights ~1/h^2 cancel, so L u differs by ~1e-12 relative); with the paper's linear
-    rate 0.04 and no line search, L-BFGS's first large step amplifies that to ~1e-8 by the 20th
-    evaluation, which happens between any two summation orders, serial ones included."""
+    Settings: the CLI default (strong-Wolfe line search) and the paper's no-line-search L-BFGS at
+    its nonlinear-Poisson rate 0.01 and heat rate 0.4. The Poisson and heat runs pass through
+    loss jumps (a line-search trial step, the fixed rate's overshoot), where L-BFGS amplifies
+    any difference by ~1e3. Three claims:
+
+    1. exact: the parameters hash identically on every rank after every step (lockstep);
+    2. strict, at equal parameters: after every step the distributed loss and gradient at the
+       distributed parameters equal the serial loss and gradient at those same parameters
+       (``EQUAL_PARAMS_RTOL``, ``EQUAL_PARAMS_GRAD_RTOL``);
+    3. the loss histories agree within a bound that grows with the measured amplification: a
+       serial run from parameters perturbed by ``delta`` (relative) gives the deviation
+       ``p_k`` that such a perturbation has grown to by evaluation k; the distributed run starts
+       from a per-evaluation difference eta, the largest relative loss or gradient difference
+       measured for claim 2 (at least ``EQUAL_PARAMS_RTOL``), so its deviation must stay below
+       ``10 eta max(1, max_{j<=k} p_j / delta)``. Measured: at most 0.03 of that bound (1-4
+       ranks, threads 1 and 2); the amplification reaches ~600 at the loss jumps.
+       (Issue 9: a fixed 1e-9 failed at a loss jump on another machine.)
+    """
     from dtpinn_dist.train.trainer import TrainConfig, Trainer
 
+    n = 20
     prob = _problem(kind)
     cfg = TrainConfig(steps=4, max_iter=5, eval_every=0, verbose=False, width=20, depth=2,
                       seed=3, line_search=line_search, lr=lr)
     D = _dist(cloud, comm, partition)
-    runs = {}
-    for name, system in (("serial", serial), ("dist", D)):
-        tr = Trainer(prob, system, cfg)
-        losses, hashes = [], []
-        orig = tr.closure
 
-        def closure(tr=tr, orig=orig, losses=losses):
-            loss = orig()
-            losses.append(float(loss))
-            return loss
+    worst = [0.0, 0.0]
 
-        while len(losses) < 20:
-            tr.optimizer.step(closure)
-            if system is D:
-                flat = tr._flat()
-                assert comm.same_on_all_ranks(flat), f"ranks diverged after {len(losses)} evals"
-                hashes.append(tensor_hash(flat))
-        runs[name] = np.array(losses[:20])
-    s, d = runs["serial"], runs["dist"]
-    np.testing.assert_allclose(d, s, rtol=1e-9, atol=0)
+    def check_step(tr, evals):
+        flat = tr._flat()
+        hashes = comm.allgather(tensor_hash(flat))
+        assert len(set(hashes)) == 1, f"ranks diverged after {evals} evals: {hashes}"
+        ld, gd = _loss_and_grad(prob, _as_model(prob, flat), D)
+        ls, gs = _loss_and_grad(prob, _as_model(prob, flat), serial)
+        worst[0] = max(worst[0], abs(ld - ls) / abs(ls))
+        worst[1] = max(worst[1], float(torch.linalg.norm(gd - gs) / torch.linalg.norm(gs)))
+
+    s = _history(Trainer(prob, serial, cfg), n)
+    d = _history(Trainer(prob, D, cfg), n, after_step=check_step)
+    spread("lockstep.equal_params.loss", worst[0], EQUAL_PARAMS_RTOL)
+    spread("lockstep.equal_params.grad", worst[1], EQUAL_PARAMS_GRAD_RTOL)
+    assert worst[0] <= EQUAL_PARAMS_RTOL and worst[1] <= EQUAL_PARAMS_GRAD_RTOL, worst
+
+    delta = 1e-13
+    tr = Trainer(prob, serial, cfg)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in tr.params:
+            p.mul_(1 + delta * (2 * torch.rand(p.shape, generator=gen, dtype=p.dtype) - 1))
+    amp = np.maximum.accumulate(np.abs(_history(tr, n) - s) / np.abs(s)) / delta
+    eta = max(worst[0], worst[1], EQUAL_PARAMS_RTOL)
+    bound = 10 * eta * np.maximum(1.0, amp)
+    dev = np.abs(d - s) / np.abs(s)
+    spread("lockstep.history/bound", (dev / bound).max(), 1.0)
+    assert np.all(dev <= bound), (dev, bound)
     assert s[-1] < s[0]  # it did train
 
 
@@ -188,7 +257,7 @@ _FAIL_SCRIPT = textwrap.dedent("""
     with abort_on_exception():
         if mode == "file":
             from dtpinn_dist.geometry import load_cloud
-            path = "/nonexistent/cloud.mat" if comm.rank == comm.size - 1 else sys.argv[2]
+            path = "/nonexistent/cloud.npz" if comm.rank == comm.size - 1 else sys.argv[2]
             cloud = load_cloud(path)
         elif mode == "nan":
             x = np.array([float("nan") if comm.rank == 1 else 1.0])
@@ -199,21 +268,27 @@ _FAIL_SCRIPT = textwrap.dedent("""
         # the healthy ranks wait in a collective that the failed rank never joins
         comm.sum(np.ones(3))
         comm.barrier()
-        time.sleep(60)
+        time.sleep(600)
 """)
 
 
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("mode", ["file", "nan", "same"])
-def test_failure_on_one_rank_ends_job(mpirun, tmp_path, shared_reference, n, mode):
+def test_failure_on_one_rank_ends_job(mpirun, tmp_path, n, mode):
+    from dtpinn_dist.geometry import make_cloud, save_npz
+
     script = tmp_path / "fail.py"
     script.write_text(_FAIL_SCRIPT)
+    good = tmp_path / "cloud.npz"  # the healthy ranks' readable cloud file
+    save_npz(good, make_cloud("disk", n=200, seed=0))
     t0 = time.time()
-    res = mpirun(n, [sys.executable, script, mode, shared_reference / "DiskPoissonNodes.mat"],
-                 timeout=60)
+    res = mpirun(n, [sys.executable, script, mode, good], timeout=300)
     took = time.time() - t0
     assert res.returncode != 0
-    assert took < 30, f"job took {took:.1f}s to end"
+    # Without the abort the healthy ranks would wait forever in the collective (and then sleep
+    # 600 s). Starting 4 Python+torch ranks on 2 busy cores takes up to ~30 s, so the bound is
+    # about that start-up time with a few-fold margin, far from the 600 s sleep.
+    assert took < 150, f"job took {took:.1f}s to end"
     err = res.stderr
     want = {"file": f"rank {n - 1}: error:", "nan": "rank 1: error: FloatingPointError: non-finite",
             "same": "error: order must be a positive integer"}[mode]

@@ -66,13 +66,28 @@ def test_split_weighted():
         split_weighted(np.ones(3), 0)
 
 
-def test_stencil_size_matches_rbffd():
-    from dtpinn_dist.operators.rbffd import stencil_params
+@pytest.mark.parametrize("d", [2, 3])
+def test_stencil_size_matches_rbffd(d):
+    """The partitioner's stencils (size and nodes) are the sparsity of the assembled L and B:
+    row nnz of the RBF-FD matrices for p = 2..5, and the same columns as stencil_pattern."""
+    from dtpinn_dist.geometry import make_cloud
+    from dtpinn_dist.operators import boundary_matrix, laplacian_matrix
+    from dtpinn_dist.partition import stencil_pattern
 
+    cloud = make_cloud("disk" if d == 2 else "ball", n=400 if d == 2 else 700, seed=d)
+    ni, nb = cloud.n_interior, cloud.n_boundary
+    rng = np.random.default_rng(d)
+    rows_L = np.concatenate([rng.choice(ni, 8, replace=False), ni + rng.choice(nb, 4, replace=False)])
+    rows_B = rng.choice(nb, 6, replace=False)
     for p in (2, 3, 4, 5):
-        for d in (2, 3):
-            for theta in (1, 2):
-                assert stencil_size(p, theta, d) == stencil_params(p, theta, d)[2]
+        for A, rows, nodes_of_rows, theta in (
+                (laplacian_matrix(cloud, p, rows=rows_L), rows_L, rows_L, 2),
+                (boundary_matrix(cloud, p, rows=rows_B), rows_B, ni + rows_B, 1)):
+            k = stencil_size(p, theta, d)
+            assert np.all(np.diff(A.indptr) == k), (p, theta, np.diff(A.indptr), k)
+            pat = stencil_pattern(cloud.nodes, nodes_of_rows, k)
+            assert (abs(A) > 0).astype(int).nnz == A.nnz  # no explicit zeros hide a column
+            assert ((A != 0).astype(int) != pat.astype(bool).astype(int)).nnz == 0, (p, theta)
 
 
 @pytest.mark.parametrize("method", ["hilbert", "morton", "block"])

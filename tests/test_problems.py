@@ -12,8 +12,20 @@ from dtpinn_dist.operators.system import DiscreteSystem
 from dtpinn_dist.operators.torch_csr import TorchCSROperator, serial_system
 from dtpinn_dist.problems import (ExpressionError, HeatValues, from_forcing, make_problem,
                                   manufactured, parse_safe)
+from roundoff import gamma
 
 PI = math.pi
+EPS = float(np.finfo(np.float64).eps)
+# Two evaluations of one closed form (sympy-lambdified vs numpy/torch, a few faithfully rounded
+# sin/cos/exp and products each) agree to a few eps of the terms' magnitude. Measured max
+# |a - b| / (eps scale) <= 0.8 (threads 1 and 2); tolerance CLOSED_FORM eps scale.
+CLOSED_FORM = 16
+
+
+def _close(got, want, scale):
+    """|got - want| <= CLOSED_FORM eps scale, entry by entry."""
+    err = np.abs(np.asarray(got) - np.asarray(want))
+    assert np.all(err <= CLOSED_FORM * EPS * scale), err.max() / (EPS * scale)
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +72,19 @@ def test_paper_manufactured_data():
     lap = -2 * PI ** 2 * np.sin(PI * x) * np.cos(PI * y)
     dudn = PI * np.cos(PI * x) * np.cos(PI * y) * N[:, 0] - PI * np.sin(PI * x) * np.sin(PI * y) * N[:, 1]
     d = manufactured("poisson")
-    np.testing.assert_allclose(d.f_at(X), lap, atol=1e-12)
-    np.testing.assert_allclose(d.g_at(X, N), dudn + u, atol=1e-12)
-    np.testing.assert_allclose(d.exact_at(X), u, atol=1e-14)
+    # scales: the magnitudes of the terms each formula adds (|sin|, |cos| <= 1, u <= 2)
+    _close(d.f_at(X), lap, 2 * PI ** 2)
+    _close(d.g_at(X, N), dudn + u, 2 * PI + 2)
+    _close(d.exact_at(X), u, 2)
     dn = manufactured("nonlinear-poisson")
-    np.testing.assert_allclose(dn.f_at(X), lap - np.exp(u), atol=1e-11)
+    _close(dn.f_at(X), lap - np.exp(u), 2 * PI ** 2 + np.exp(2))
     dd = manufactured("poisson", alpha=0.0, beta=1.0)
-    np.testing.assert_allclose(dd.g_at(X, N), u, atol=1e-14)
+    _close(dd.g_at(X, N), u, 2)
     h = manufactured("heat")
     t = 0.3
     s = np.sin(PI * x) * np.cos(PI * y)
-    np.testing.assert_allclose(h.f_at(X, t), PI * np.cos(PI * t) * s + 2 * PI ** 2 * s * np.sin(PI * t),
-                               atol=1e-11)
+    _close(h.f_at(X, t), PI * np.cos(PI * t) * s + 2 * PI ** 2 * s * np.sin(PI * t),
+           PI + 2 * PI ** 2)
     np.testing.assert_allclose(h.u0_at(X), np.ones(50))
 
 
@@ -131,7 +144,7 @@ def _np_loss(model, kind, cloud, L, B, nt=24):
 
 
 @pytest.mark.parametrize("kind", ["poisson", "nonlinear-poisson", "heat"])
-def test_dt_loss_and_gradient_match_numpy(kind, cloud, system):
+def test_dt_loss_and_gradient_match_numpy(kind, cloud, system, spread):
     nt = 6
     P = make_problem(manufactured(kind), "dt", nt=nt)
     model = MLP(P.input_dim(2), width=12, depth=2, seed=4)
@@ -139,9 +152,13 @@ def test_dt_loss_and_gradient_match_numpy(kind, cloud, system):
     ref = _np_loss(model, kind, cloud, L, B, nt=nt)
     r = P.residual(model, system)
     loss = (r * r).sum()
-    assert float(loss.detach()) == pytest.approx(ref, rel=1e-11)
-    assert P.loss(model, system) == pytest.approx(ref, rel=1e-11)
-    assert sum(P.loss_terms(model, system).values()) == pytest.approx(ref, rel=1e-11)
+    # torch (network, CSR SpMV, sums) against numpy/scipy doing the same arithmetic in other
+    # orders: measured |loss - ref| / ref <= 3.9 eps (threads 1 and 2); tolerance 64 eps.
+    tol = 64 * EPS
+    for got in (float(loss.detach()), P.loss(model, system),
+                sum(P.loss_terms(model, system).values())):
+        spread("problems.loss_vs_numpy", abs(got - ref) / ref, tol)
+        assert abs(got - ref) <= tol * ref
     # gradient: directional derivative against a central difference of the numpy loss
     loss.backward()
     params = list(model.parameters())
@@ -178,26 +195,38 @@ class _Exact(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["poisson", "nonlinear-poisson", "heat"])
-def test_exact_solution_has_small_residuals(kind, system):
+def test_exact_solution_has_small_residuals(kind, system, spread):
     data = manufactured(kind)
     ex = _Exact(kind == "heat")
     van = make_problem(data, "vanilla", nt=4)
     dt = make_problem(data, "dt", nt=4)
-    assert van.loss(ex, system) < 1e-20  # autograd derivatives are exact
+    # Autograd derivatives of the closed form are exact up to round-off: every residual is a few
+    # eps times its terms' magnitude (<= 4 pi^2 bounds |lap u|, |u_t|, |f|, |du/dn| + |u|).
+    # Measured sqrt(vanilla loss) and the autograd PDE residual <= 1.2e-15 = 0.14 eps 4 pi^2
+    # (threads 1 and 2); tolerance 64 eps 4 pi^2 = 5.6e-13.
+    tol = 64 * EPS * 4 * PI ** 2
+    spread("problems.exact.vanilla_residual", math.sqrt(van.loss(ex, system)), tol)
+    assert math.sqrt(van.loss(ex, system)) <= tol
     assert dt.loss(ex, system) < 1e-2    # RBF-FD truncation error only (p = 4, N = 220)
-    assert dt.rel_l2(ex, system) < 1e-14
+    # the test-set error of the closed form against itself (torch vs numpy): measured
+    # <= 0.15 eps; tolerance CLOSED_FORM eps
+    spread("problems.exact.rel_l2", dt.rel_l2(ex, system), CLOSED_FORM * EPS)
+    assert dt.rel_l2(ex, system) <= CLOSED_FORM * EPS
     norms = dt.residual_norms(ex, system)
-    assert norms["autograd_pde_res"] < 1e-10 and norms["discrete_pde_res"] < 0.1
+    spread("problems.exact.autograd_pde_res", norms["autograd_pde_res"], tol)
+    assert norms["autograd_pde_res"] <= tol and norms["discrete_pde_res"] < 0.1
     if kind == "heat":
         v = dt.network_values(ex, system)
         assert isinstance(v, HeatValues) and v.U.shape == (system.nodes.shape[0], 5)
         t = torch.linspace(0, 1, 5, dtype=torch.float64)
         X = torch.as_tensor(system.nodes)
         ut = PI * torch.sin(PI * X[:, :1]) * torch.cos(PI * X[:, 1:]) * torch.cos(PI * t)
-        assert torch.allclose(v.Ut, ut, atol=1e-12)
+        # autograd's d/dt of the closed form against the formula: measured <= 0.64 eps pi
+        # (threads 1 and 2); tolerance CLOSED_FORM eps pi
+        _close(v.Ut.detach().numpy(), ut.numpy(), PI)
 
 
-def test_partitioned_systems_sum_to_the_global_loss(cloud, system):
+def test_partitioned_systems_sum_to_the_global_loss(cloud, system, spread):
     """Forcing data comes only from the local nodes: two 'ranks' with row subsets reproduce
     the global loss (eq. (12) normalised by the GLOBAL counts)."""
     P = make_problem(manufactured("nonlinear-poisson"), "dt")
@@ -205,7 +234,7 @@ def test_partitioned_systems_sum_to_the_global_loss(cloud, system):
     full = P.loss(model, system)
     L, B = system.L.to_scipy(), system.B.to_scipy()
     nr, nb, ni = system.n_rows_L, system.n_rows_B, system.n_interior
-    total = 0.0
+    total, m = 0.0, 0
     for part in (slice(0, nr // 2), slice(nr // 2, nr)):
         rows = np.arange(nr)[part]
         brow = rows[rows >= ni] - ni
@@ -216,4 +245,9 @@ def test_partitioned_systems_sum_to_the_global_loss(cloud, system):
                            n_rows_L=nr, n_rows_B=nb, n_interior=ni, comm=system.comm)
         r = make_problem(manufactured("nonlinear-poisson"), "dt").residual(model, s)
         total += float((r * r).sum())
-    assert total == pytest.approx(full, rel=1e-12)
+        m += r.numel()
+    # Each residual entry comes from the same row operations (row subsets of one CSR matrix);
+    # only the grouping of the positive sum of m squares differs: <= 2 gamma_m relative
+    # (Higham lemma 3.1). Measured: 0.
+    spread("problems.partitioned_loss", abs(total - full) / full, 2 * gamma(m))
+    assert abs(total - full) <= 2 * gamma(m) * full
