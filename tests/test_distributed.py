@@ -44,33 +44,40 @@ def cloud():
     return c
 
 
-@pytest.fixture(scope="module")
-def serial(cloud):
-    from dtpinn_dist.operators.torch_csr import serial_system
+def _problem(kind, nt=4):
+    from dtpinn_dist.problem import paper_problem
 
-    return serial_system(cloud, ORDER)
-
-
-def _problem(kind, method="dt", nt=4):
-    from dtpinn_dist.problems import make_problem, manufactured
-
-    return make_problem(manufactured(kind), method, nt=nt)
+    return paper_problem(kind, nt=nt if kind == "heat" else None)
 
 
-def _model(problem, dim=2, seed=3):
+_SERIAL = {}
+
+
+def _serial(cloud, kind, method="dt"):
+    """The single-process discretisation of the paper problem ``kind`` (built once)."""
+    from dtpinn_dist.comm import SerialComm
+    from dtpinn_dist.problem import discretize
+
+    if (kind, method) not in _SERIAL:
+        _SERIAL[kind, method] = discretize(_problem(kind), cloud, ORDER, method=method,
+                                           dtype="fp64", comm=SerialComm())
+    return _SERIAL[kind, method]
+
+
+def _model(disc, seed=3):
     from dtpinn_dist.model.mlp import MLP
 
-    return MLP(problem.input_dim(dim), 20, 2, dtype=torch.float64, seed=seed)
+    return MLP(disc.input_dim, 20, 2, dtype=torch.float64, seed=seed)
 
 
-def _loss_and_grad(problem, model, system):
+def _loss_and_grad(disc, model):
     """Global loss and gradient, reduced exactly as the trainer does."""
     model.zero_grad(set_to_none=False)
-    r = problem.residual(model, system)
+    r = disc.residual(model)
     local = (r * r).sum()
     local.backward()
     g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    return float(system.comm.sum(local.detach())), system.comm.sum(g.clone())
+    return float(disc.comm.sum(local.detach())), disc.comm.sum(g.clone())
 
 
 def _partition(cloud, comm, kind):
@@ -90,17 +97,19 @@ def _partition(cloud, comm, kind):
     return partition_cloud(cloud, comm.size, method=kind, comm=comm)
 
 
-def _dist(cloud, comm, partition="auto", **kw):
-    from dtpinn_dist.distributed.assembly import distributed_system
+def _dist(cloud, comm, partition="auto", kind="poisson", method="dt"):
+    from dtpinn_dist.problem import discretize
 
     P = None if partition == "auto" else _partition(cloud, comm, partition)
-    return distributed_system(cloud, ORDER, comm, partition=P, **kw)
+    return discretize(_problem(kind), cloud, ORDER, method=method, dtype="fp64", comm=comm,
+                      backend="petsc", partition=P)
 
 
 @pytest.mark.mpi
-def test_distributed_operators_equal_serial(comm, cloud, serial, spread):
+def test_distributed_operators_equal_serial(comm, cloud, spread):
     """Each rank's rows of L and B, mapped back to cloud numbering, are the serial rows."""
-    D = _dist(cloud, comm)
+    D = _dist(cloud, comm).system
+    serial = _serial(cloud, "poisson").system
     P = D.info["partition"]
     r = comm.rank
     Ls, Bs = serial.L.to_scipy(), serial.B.to_scipy()
@@ -115,7 +124,7 @@ def test_distributed_operators_equal_serial(comm, cloud, serial, spread):
         err, tol = np.abs(got - want).max(), 64 * np.finfo(float).eps * np.abs(want).max()
         spread("dist.operator_rows", err, tol)
         assert err <= tol
-    assert D.n_rows_L == serial.n_rows_L and D.n_rows_B == serial.n_rows_B
+    assert D.n_collocation == serial.n_collocation and D.n_boundary == serial.n_boundary
     assert comm.sum(len(D.nodes)) == cloud.n_nodes
     assert comm.sum(len(D.test_points)) == len(cloud.test)
     np.testing.assert_array_equal(D.nodes[D.boundary_index], cloud.boundary[P.boundary_ids[r]])
@@ -128,32 +137,32 @@ def test_distributed_operators_equal_serial(comm, cloud, serial, spread):
     ("poisson", "dt", "auto"), ("nonlinear-poisson", "dt", "uneven"),
     ("poisson", "dt", "block"), ("heat", "dt", "auto"), ("heat", "dt", "block"),
     ("poisson", "vanilla", "auto"), ("heat", "vanilla", "uneven")])
-def test_loss_and_gradient_equal_serial(comm, cloud, serial, kind, method, partition, spread):
+def test_loss_and_gradient_equal_serial(comm, cloud, kind, method, partition, spread):
     """Loss and gradient of the distributed system equal the single-process ones
     (``EQUAL_PARAMS_RTOL``), also on a rank without boundary nodes and uneven partitions."""
-    D = _dist(cloud, comm, partition)
+    D = _dist(cloud, comm, partition, kind, method)
+    serial = _serial(cloud, kind, method)
     if partition == "block" and comm.size > 1:
-        assert D.info["partition"].n_boundary[0] == 0  # the rank-without-boundary case
+        assert D.system.info["partition"].n_boundary[0] == 0  # the rank-without-boundary case
         if comm.rank == 0:
-            assert D.B.shape[0] == 0 and len(D.boundary_index) == 0
-    prob = _problem(kind, method)
-    model = _model(prob)
-    ls, gs = _loss_and_grad(prob, model, serial)
-    ld, gd = _loss_and_grad(prob, model, D)
+            assert D.system.B.shape[0] == 0 and len(D.system.boundary_index) == 0
+    model = _model(D)
+    ls, gs = _loss_and_grad(serial, model)
+    ld, gd = _loss_and_grad(D, model)
     rel_l, rel_g = abs(ld - ls) / abs(ls), torch.linalg.norm(gd - gs) / torch.linalg.norm(gs)
     spread("dist.loss", rel_l, EQUAL_PARAMS_RTOL)
     spread("dist.grad", rel_g, EQUAL_PARAMS_GRAD_RTOL)
     assert rel_l <= EQUAL_PARAMS_RTOL and rel_g <= EQUAL_PARAMS_GRAD_RTOL
     assert comm.same_on_all_ranks(gd)
     # the test-set error is a global sum too
-    es, ed = prob.rel_l2(model, serial), prob.rel_l2(model, D)
+    es, ed = serial.rel_l2(model), D.rel_l2(model)
     spread("dist.rel_l2", abs(ed - es) / es, EQUAL_PARAMS_RTOL)
     assert abs(ed - es) <= EQUAL_PARAMS_RTOL * es
 
 
-def _as_model(prob, flat):
+def _as_model(disc, flat):
     """A fresh network holding the flat parameter vector ``flat``."""
-    m = _model(prob)
+    m = _model(disc)
     torch.nn.utils.vector_to_parameters(flat.clone(), m.parameters())
     return m
 
@@ -180,8 +189,7 @@ def _history(tr, n, after_step=None):
 @pytest.mark.parametrize("kind,partition,line_search,lr", [
     ("poisson", "auto", True, None), ("poisson", "uneven", True, None),
     ("nonlinear-poisson", "auto", False, 0.01), ("heat", "block", False, 0.4)])
-def test_lbfgs_lockstep_matches_serial(comm, cloud, serial, kind, partition, line_search, lr,
-                                       spread):
+def test_lbfgs_lockstep_matches_serial(comm, cloud, kind, partition, line_search, lr, spread):
     """L-BFGS on the distributed system against the serial one, first 20 closure evaluations.
 
     Settings: the CLI default (strong-Wolfe line search) and the paper's no-line-search L-BFGS at
@@ -202,13 +210,13 @@ def test_lbfgs_lockstep_matches_serial(comm, cloud, serial, kind, partition, lin
        ranks, threads 1 and 2); the amplification reaches ~600 at the loss jumps.
        (Issue 9: a fixed 1e-9 failed at a loss jump on another machine.)
     """
-    from dtpinn_dist.train.trainer import TrainConfig, Trainer
+    from dtpinn_dist.optimizer import TrainConfig, Trainer
 
     n = 20
-    prob = _problem(kind)
     cfg = TrainConfig(steps=4, max_iter=5, eval_every=0, verbose=False, width=20, depth=2,
                       seed=3, line_search=line_search, lr=lr)
-    D = _dist(cloud, comm, partition)
+    D = _dist(cloud, comm, partition, kind)
+    serial = _serial(cloud, kind)
 
     worst = [0.0, 0.0]
 
@@ -216,19 +224,19 @@ def test_lbfgs_lockstep_matches_serial(comm, cloud, serial, kind, partition, lin
         flat = tr._flat()
         hashes = comm.allgather(tensor_hash(flat))
         assert len(set(hashes)) == 1, f"ranks diverged after {evals} evals: {hashes}"
-        ld, gd = _loss_and_grad(prob, _as_model(prob, flat), D)
-        ls, gs = _loss_and_grad(prob, _as_model(prob, flat), serial)
+        ld, gd = _loss_and_grad(D, _as_model(D, flat))
+        ls, gs = _loss_and_grad(serial, _as_model(serial, flat))
         worst[0] = max(worst[0], abs(ld - ls) / abs(ls))
         worst[1] = max(worst[1], float(torch.linalg.norm(gd - gs) / torch.linalg.norm(gs)))
 
-    s = _history(Trainer(prob, serial, cfg), n)
-    d = _history(Trainer(prob, D, cfg), n, after_step=check_step)
+    s = _history(Trainer(serial, cfg), n)
+    d = _history(Trainer(D, cfg), n, after_step=check_step)
     spread("lockstep.equal_params.loss", worst[0], EQUAL_PARAMS_RTOL)
     spread("lockstep.equal_params.grad", worst[1], EQUAL_PARAMS_GRAD_RTOL)
     assert worst[0] <= EQUAL_PARAMS_RTOL and worst[1] <= EQUAL_PARAMS_GRAD_RTOL, worst
 
     delta = 1e-13
-    tr = Trainer(prob, serial, cfg)
+    tr = Trainer(serial, cfg)
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for p in tr.params:
@@ -311,8 +319,11 @@ def test_cli_under_mpirun(mpirun, tmp_path, n):
     m = json.loads((tmp_path / "mpi" / "metrics.json").read_text())
     assert m["ranks"] == n
     assert all(h.get("lockstep") is True for h in m["history"])
+    from conftest import mpi_env  # the same environment: this checkout on PYTHONPATH
+
     ser = subprocess.run([sys.executable, "-m", "dtpinn_dist.train", *args, "--out",
-                          str(tmp_path / "serial")], capture_output=True, text=True, timeout=180)
+                          str(tmp_path / "serial")], capture_output=True, text=True, timeout=180,
+                         env=mpi_env())
     assert ser.returncode == 0, ser.stderr[-3000:]
     s = json.loads((tmp_path / "serial" / "metrics.json").read_text())
     assert abs(m["final_loss"] - s["final_loss"]) <= 1e-6 * abs(s["final_loss"])

@@ -1,4 +1,4 @@
-"""Jacobians of the DT-PINN residual (dtpinn_dist.optim.jacobian): hand-derived network Jacobian,
+"""Jacobians of the DT-PINN residual (dtpinn_dist.model.jacobian, optimizer.least_squares): hand-derived network Jacobian,
 structured dense J, J J^T from the tangent kernel, and the matrix-free J v / J^T y, all against
 autograd and finite differences.
 
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from dtpinn_dist.model import MLP
-from dtpinn_dist.optim.jacobian import (DTPINNLeastSquares, _FunctionalModel, _ModelAt,
-                                        mlp_factors, mlp_value_jacobian, network_jacobian)
-from dtpinn_dist.optim.lm import JacobianTooLarge, LevenbergMarquardt
-from dtpinn_dist.problems import make_problem, manufactured
+from dtpinn_dist.model.jacobian import mlp_factors, mlp_value_jacobian, network_jacobian
+from dtpinn_dist.optimizer.least_squares import PINNLeastSquares, _FunctionalModel, _model_at
+from dtpinn_dist.optimizer.lm import JacobianTooLarge, LevenbergMarquardt
+from dtpinn_dist.problem import discretize, paper_problem
 from roundoff import gamma, row_nnz
 
 F64 = torch.float64
@@ -27,19 +27,23 @@ def system():
     """A generated disk cloud the size of the authors' smallest (582 nodes): nothing here is
     about that file, so a plain clone runs these tests."""
     from dtpinn_dist.geometry import make_cloud
-    from dtpinn_dist.operators.torch_csr import serial_system
 
-    return serial_system(make_cloud("disk", n=582, seed=5), 3)
+    return make_cloud("disk", n=582, seed=5)
 
 
-def _setup(system, kind, width=8, depth=2, seed=1):
-    prob = make_problem(manufactured(kind), nt=3)
-    model = MLP(prob.input_dim(2), width, depth, seed=seed)
-    return prob, model, DTPINNLeastSquares(model, prob, system)
+_DISCS = {}
+
+
+def _setup(cloud, kind, width=8, depth=2, seed=1):
+    if kind not in _DISCS:
+        _DISCS[kind] = discretize(paper_problem(kind, nt=3 if kind == "heat" else None), cloud, 3)
+    disc = _DISCS[kind]
+    model = MLP(disc.input_dim, width, depth, seed=seed)
+    return disc, model, PINNLeastSquares(model, disc)
 
 
 def _autograd_J(lsq, theta):
-    f = lambda th: lsq.problem.residual(_FunctionalModel(lsq.model, th), lsq.system)  # noqa: E731
+    f = lambda th: lsq.disc.residual(_FunctionalModel(lsq.model, th))  # noqa: E731
     return torch.autograd.functional.jacobian(f, theta)
 
 
@@ -64,7 +68,7 @@ def _abs_scale(lsq, th):
     """``(|A_tilde| |Ju|, |A_tilde|, Ju)``: the absolute-value scale of ``J = A_tilde Ju``
     entry by entry (the Laplacian rows cancel, so ``|J|`` itself is far smaller)."""
     A = abs(lsq.structured_matrix(th))
-    Ju = mlp_value_jacobian(_ModelAt(lsq.model, th), lsq._x)[1]
+    Ju = mlp_value_jacobian(_model_at(lsq.model, th), lsq._x)[1]
     return torch.from_numpy(A @ Ju.abs().numpy()), A, Ju
 
 
@@ -142,15 +146,15 @@ def test_network_jacobian_falls_back_for_other_models(spread):
 def test_structured_jacobian_equals_autograd_and_fd(system, kind, spread):
     prob, model, lsq = _setup(system, kind)
     th = lsq.get_params()
-    assert lsq.has_fast_jacobian(th)
+    assert lsq.has_fast_jacobian()
     r, J = lsq.jacobian(th)
     ref = _autograd_J(lsq, th)
-    assert torch.equal(r, prob.residual(model, system).detach())
+    assert torch.equal(r, prob.residual(model).detach())
     # A_tilde Ju (hand-derived Ju) against autograd's backward through L^T and the network.
     # Scale: |A_tilde| |Ju|_abs, the backward sweep in absolute values (its rounding scale).
     # Measured max |J - ref| / (eps scale) = 1.9 (threads 1 and 2); tolerance 64.
     A = abs(lsq.structured_matrix(th))
-    scale = torch.from_numpy(A @ _abs_network_jacobian(_ModelAt(model, th), lsq._x).numpy())
+    scale = torch.from_numpy(A @ _abs_network_jacobian(_model_at(model, th), lsq._x).numpy())
     ratio = ((J - ref).abs() / (EPS * scale)).max()
     spread("jacobian.structured/eps|A||Ju|abs", ratio, 64)
     assert ratio <= 64
@@ -199,7 +203,7 @@ def test_gram_from_tangent_kernel(system, kind, spread):
 def test_heat_generic_jacobian_equals_autograd(system, spread):
     prob, model, lsq = _setup(system, "heat", width=5, depth=2)
     th = lsq.get_params()
-    assert not lsq.has_fast_jacobian(th)
+    assert not lsq.has_fast_jacobian()
     with pytest.warns(UserWarning, match="step='cg'"):
         r, J = lsq.jacobian(th)
     ref = _autograd_J(lsq, th)

@@ -1,13 +1,14 @@
-"""Levenberg-Marquardt (dtpinn_dist.optim.lm): exact Gauss-Newton on linear least squares, loss
+"""Levenberg-Marquardt (dtpinn_dist.optimizer.lm): exact Gauss-Newton on linear least squares, loss
 reduction on small DT-PINN problems with both step computations, checkpoint/resume, schedule."""
 
 import pytest
 import torch
 
 from dtpinn_dist.model import MLP
-from dtpinn_dist.optim.jacobian import DenseLeastSquares, DTPINNLeastSquares
-from dtpinn_dist.optim.lm import LevenbergMarquardt, parse_schedule, run_lm
-from dtpinn_dist.problems import make_problem, manufactured
+from dtpinn_dist.optimizer import parse_schedule
+from dtpinn_dist.optimizer.least_squares import DenseLeastSquares, PINNLeastSquares
+from dtpinn_dist.optimizer.lm import LevenbergMarquardt
+from dtpinn_dist.problem import discretize, paper_problem
 from roundoff import gamma
 
 EPS = torch.finfo(torch.float64).eps
@@ -18,9 +19,26 @@ def system():
     """A generated disk cloud the size of the authors' smallest (582 nodes): nothing here is
     about that file, so a plain clone runs these tests."""
     from dtpinn_dist.geometry import make_cloud
-    from dtpinn_dist.operators.torch_csr import serial_system
 
-    return serial_system(make_cloud("disk", n=582, seed=5), 3)
+    return make_cloud("disk", n=582, seed=5)
+
+
+_DISCS = {}
+
+
+def _disc(cloud, kind):
+    if kind not in _DISCS:
+        _DISCS[kind] = discretize(paper_problem(kind, nt=2 if kind == "heat" else None), cloud, 3)
+    return _DISCS[kind]
+
+
+def _run(lm, n):
+    """n LM steps, as the training loop drives them (stopping when LM can do no more)."""
+    for _ in range(n):
+        if lm.stop_reason:
+            break
+        lm.step()
+    return lm
 
 
 def _toy(m=40, n=12, seed=0):
@@ -92,17 +110,17 @@ def test_damped_step_solves_damped_normal_equations(form, spread):
 @pytest.mark.parametrize("kind,step", [("poisson", "dense"), ("nonlinear-poisson", "dense"),
                                        ("poisson", "cg"), ("heat", "auto")])
 def test_lm_drives_dtpinn_loss_down(system, kind, step, spread):
-    prob = make_problem(manufactured(kind), nt=2)
-    model = MLP(prob.input_dim(2), 10, 2, seed=0)
-    loss0 = prob.loss(model, system)
+    prob = _disc(system, kind)
+    model = MLP(prob.input_dim, 10, 2, seed=0)
+    loss0 = prob.loss(model)
     n = {"dense": 30, "cg": 10, "auto": 4}[step]
-    lm = run_lm(model, prob, system, n, step=step, cg_maxiter=40)
-    loss1 = prob.loss(model, system)
+    lm = _run(LevenbergMarquardt(model, prob, step=step, cg_maxiter=40), n)
+    loss1 = prob.loss(model)
     assert lm.resolve_step() == ("cg" if kind == "heat" else step)
     # The same residual vector (same operations on the same parameters) summed as squares by
     # the problem's loss and by LM: positive sums of m terms, each within gamma_m of exact, so
     # they differ by <= 2 gamma_m relative (Higham lemma 3.1). Measured <= 1.6e-16.
-    m = DTPINNLeastSquares(model, prob, system).residual(
+    m = PINNLeastSquares(model, prob).residual(
         torch.cat([p.detach().reshape(-1) for p in model.parameters()])).numel()
     rel = abs(loss1 - lm.history[-1]["loss"]) / loss1
     spread("lm.dtpinn.loss", rel, 2 * gamma(m))
@@ -118,11 +136,11 @@ def test_lm_drives_dtpinn_loss_down(system, kind, step, spread):
 def test_tangent_kernel_step_equals_primal_step(system, spread):
     """The serial J J^T (tangent-kernel) step and the J^T J step are the same step, and the
     dual form really takes the tangent-kernel path (J never formed), the primal one does not."""
-    prob = make_problem(manufactured("nonlinear-poisson"))
+    prob = _disc(system, "nonlinear-poisson")
     ws, steps = [], []
     for form in ("dual", "primal"):
         model = MLP(2, 30, 3, seed=2)  # more parameters than rows: the dual form applies
-        lm = LevenbergMarquardt(model, prob, system, step="dense", form=form, lam0=1e-2)
+        lm = LevenbergMarquardt(model, prob, step="dense", form=form, lam0=1e-2)
         calls = {"gram": 0, "jacobian": 0}
         for name in calls:  # count the calls of the real methods (wrapped, not replaced)
             def counted(theta, _f=getattr(lm.lsq, name), _n=name):
@@ -143,7 +161,7 @@ def test_tangent_kernel_step_equals_primal_step(system, spread):
     # kappa <= (sigma_max(J)^2 + lam0 c) / (lam0 c) (lam >= lam0 at the accepted trial; c =
     # ||J||_F^2 / P, the Levenberg scale). Measured max |p_dual - p_primal| / (kappa eps max|p|)
     # = 2.6 (threads 1 and 2; kappa ~ 1e5 here); tolerance 64.
-    _, J = DTPINNLeastSquares(MLP(2, 30, 3, seed=2), prob, system).jacobian(theta0)
+    _, J = PINNLeastSquares(MLP(2, 30, 3, seed=2), prob).jacobian(theta0)
     c = float((J * J).sum()) / J.shape[1]
     kappa = (float(torch.linalg.matrix_norm(J, 2)) ** 2 + 1e-2 * c) / (1e-2 * c)
     err = float((steps[0] - steps[1]).abs().max() / steps[1].abs().max())
@@ -152,20 +170,18 @@ def test_tangent_kernel_step_equals_primal_step(system, spread):
 
 
 def test_state_dict_resume_is_bitwise(system):
-    prob = make_problem(manufactured("nonlinear-poisson"))
+    prob = _disc(system, "nonlinear-poisson")
     m1 = MLP(2, 8, 2, seed=5)
     m2 = MLP(2, 8, 2, seed=5)
-    a = LevenbergMarquardt(m1, prob, system)
-    a.run(6)
-    b = LevenbergMarquardt(m2, prob, system)
-    b.run(3)
+    a = _run(LevenbergMarquardt(m1, prob), 6)
+    b = _run(LevenbergMarquardt(m2, prob), 3)
     state = {k: v for k, v in b.state_dict().items()}
-    c = LevenbergMarquardt(m2, prob, system)
+    c = LevenbergMarquardt(m2, prob)
     c.load_state_dict(state)
-    c.run(3)
+    _run(c, 3)
     assert c.steps == 6 and c.lam == a.lam
-    assert torch.equal(DTPINNLeastSquares(m1, prob, system).get_params(),
-                       DTPINNLeastSquares(m2, prob, system).get_params())
+    assert torch.equal(PINNLeastSquares(m1, prob).get_params(),
+                       PINNLeastSquares(m2, prob).get_params())
     assert [h["loss"] for h in c.history] == [h["loss"] for h in a.history]
 
 

@@ -13,9 +13,10 @@ pytest.importorskip("mpi4py")
 
 from dtpinn_dist.comm import tensor_hash  # noqa: E402
 from dtpinn_dist.model import MLP  # noqa: E402
-from dtpinn_dist.optim.jacobian import DTPINNLeastSquares  # noqa: E402
-from dtpinn_dist.optim.lm import LevenbergMarquardt  # noqa: E402
-from dtpinn_dist.problems import make_problem, manufactured  # noqa: E402
+from dtpinn_dist.comm import SerialComm  # noqa: E402
+from dtpinn_dist.optimizer.least_squares import PINNLeastSquares  # noqa: E402
+from dtpinn_dist.optimizer.lm import LevenbergMarquardt  # noqa: E402
+from dtpinn_dist.problem import discretize, paper_problem  # noqa: E402
 
 ORDER = 3
 NT = 3
@@ -33,28 +34,25 @@ def cloud():
     return make_cloud("disk", n=828, seed=6)
 
 
-@pytest.fixture(scope="module")
-def serial(cloud):
-    from dtpinn_dist.operators.torch_csr import serial_system
-
-    return serial_system(cloud, ORDER)
+_PAIRS = {}
 
 
-@pytest.fixture(scope="module")
-def dist(cloud, comm):
-    try:
-        from dtpinn_dist.distributed.assembly import distributed_system
-    except ImportError as exc:  # pragma: no cover - only before the distributed code exists
-        pytest.skip(f"distributed_system not available: {exc}")
-    # a space-filling-curve partition: no dependence on the graph partitioners here
-    return distributed_system(cloud, ORDER, comm, partitioner="hilbert")
+def _pair(kind, cloud, comm):
+    """(serial, distributed) discretisations of the paper problem ``kind`` (built once)."""
+    if kind not in _PAIRS:
+        prob = paper_problem(kind, nt=NT if kind == "heat" else None)
+        # a space-filling-curve partition: no dependence on the graph partitioners here
+        _PAIRS[kind] = (discretize(prob, cloud, ORDER, comm=SerialComm()),
+                        discretize(prob, cloud, ORDER, comm=comm, backend="petsc",
+                                   partitioner="hilbert"))
+    return _PAIRS[kind]
 
 
 def _serial_rows(kind, D, serial, rank):
     """Positions in the serial residual of this rank's residual entries (problem part order)."""
-    P = D.info["partition"]
+    P = D.system.info["partition"]
     Lr, Br = P.L_rows(rank), P.B_rows(rank)
-    nL = serial.n_rows_L
+    nL = serial.system.n_collocation
     if kind != "heat":  # [pde (L rows); bc (B rows)]
         return np.concatenate([Lr, nL + Br])
     m = NT + 1  # [ic (L rows); pde (L rows x m slices); bc (B rows x m)], row-major
@@ -63,17 +61,17 @@ def _serial_rows(kind, D, serial, rank):
                            nL + nL * m + (Br[:, None] * m + k).ravel()])
 
 
-def _setup(kind, system, seed=3):
-    prob = make_problem(manufactured(kind), nt=NT)
-    model = MLP(prob.input_dim(2), 10, 2, seed=seed)
-    return prob, model, DTPINNLeastSquares(model, prob, system)
+def _setup(disc, seed=3):
+    model = MLP(disc.input_dim, 10, 2, seed=seed)
+    return disc, model, PINNLeastSquares(model, disc)
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind", ["poisson", "nonlinear-poisson", "heat"])
-def test_distributed_jvp_vjp_equal_serial(comm, serial, dist, kind, spread):
-    _, _, S = _setup(kind, serial)
-    _, _, D = _setup(kind, dist)
+def test_distributed_jvp_vjp_equal_serial(comm, cloud, kind, spread):
+    serial, dist = _pair(kind, cloud, comm)
+    _, _, S = _setup(serial)
+    _, _, D = _setup(dist)
     th = S.get_params()
     assert torch.equal(th, D.get_params())
     rows = _serial_rows(kind, dist, serial, comm.rank)
@@ -105,12 +103,13 @@ def test_distributed_jvp_vjp_equal_serial(comm, serial, dist, kind, spread):
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind,step,n", [("poisson", "dense", 5), ("nonlinear-poisson", "dense", 4),
                                          ("heat", "cg", 2)])
-def test_lm_lockstep_bit_identical_parameters(comm, serial, dist, kind, step, n):
+def test_lm_lockstep_bit_identical_parameters(comm, cloud, kind, step, n):
     """Parameters hash identically on all ranks after every LM iteration, and the loss history
     follows the serial run (same steps accepted, losses to round-off)."""
+    serial, dist = _pair(kind, cloud, comm)
     histories = {}
     for name, system in (("serial", serial), ("dist", dist)):
-        prob, model, lsq = _setup(kind, system)
+        prob, model, lsq = _setup(system)
         lm = LevenbergMarquardt(lsq, step=step, form="primal", cg_maxiter=30)
         for _ in range(n):
             lm.step()
@@ -132,9 +131,9 @@ def test_lm_lockstep_bit_identical_parameters(comm, serial, dist, kind, step, n)
 
 
 @pytest.mark.mpi
-def test_dual_form_refused_when_distributed(comm, dist):
+def test_dual_form_refused_when_distributed(comm, cloud):
     if comm.size == 1:
         pytest.skip("the dual (J J^T) form is allowed on one rank")
-    _, _, D = _setup("poisson", dist)
+    _, _, D = _setup(_pair("poisson", cloud, comm)[1])
     with pytest.raises(ValueError, match="serial only"):
         LevenbergMarquardt(D, form="dual")

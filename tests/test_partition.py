@@ -176,7 +176,7 @@ def test_ptscotch_repeatable_in_one_process():
 @pytest.mark.mpi
 def test_graph_partition_repeatable(comm):
     """Same cloud, same rank count: the same partition, call after call, on every rank."""
-    from dtpinn_dist.distributed.comm import tensor_hash
+    from dtpinn_dist.comm import tensor_hash
     import torch
 
     cloud = disk_cloud(40)

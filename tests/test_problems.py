@@ -1,4 +1,5 @@
-"""PDE data, the safe expression parser, and the DT/vanilla losses against direct references."""
+"""The paper's problems as declarations: data from the exact solution, the safe expression parser,
+and the DT/vanilla losses against direct references (numpy, closed forms)."""
 import math
 
 import numpy as np
@@ -8,11 +9,9 @@ from torch import nn
 
 from dtpinn_dist.geometry import make_cloud
 from dtpinn_dist.model import MLP
-from dtpinn_dist.operators.system import DiscreteSystem
-from dtpinn_dist.operators.torch_csr import TorchCSROperator, serial_system
-from dtpinn_dist.problems import (ExpressionError, HeatValues, from_forcing, make_problem,
-                                  manufactured, parse_safe)
-from roundoff import gamma
+from dtpinn_dist.problem import (Dirichlet, ExpressionError, Problem, Robin, discretize,
+                                 paper_problem, parse_safe)
+from dtpinn_dist.problem.compile import compile_expr
 
 PI = math.pi
 EPS = float(np.finfo(np.float64).eps)
@@ -33,9 +32,40 @@ def cloud():
     return make_cloud("disk", n=220, seed=3)
 
 
-@pytest.fixture(scope="module")
-def system(cloud):
-    return serial_system(cloud, 4)
+def _disc(cloud, kind, method="dt", nt=24, **kw):
+    return discretize(paper_problem(kind, nt=nt if kind == "heat" else None, **kw), cloud, 4,
+                      method=method, dtype="fp64")
+
+
+class _Data:
+    """f, g, u0, exact of a problem's analysis as numpy functions (the library's evaluator)."""
+
+    def __init__(self, problem):
+        a = problem.analyse(2)
+        self.a = a
+        n = ["x", "y", "t", "nx", "ny"]
+        self._f, self._u = compile_expr(a.f, n), a.exact and compile_expr(a.exact, n)
+        self._g = compile_expr(a.g["*"], n)
+        self._u0 = a.u0 is not None and compile_expr(a.u0, n)
+
+    @staticmethod
+    def _env(X, t=0.0, N=None):
+        env = {"x": X[:, 0], "y": X[:, 1], "t": np.full(len(X), float(t))}
+        if N is not None:
+            env.update(nx=N[:, 0], ny=N[:, 1])
+        return env
+
+    def f_at(self, X, t=0.0):
+        return np.broadcast_to(self._f(self._env(X, t), "numpy"), (len(X),))
+
+    def g_at(self, X, N, t=0.0):
+        return np.broadcast_to(self._g(self._env(X, t, N), "numpy"), (len(X),))
+
+    def exact_at(self, X, t=0.0):
+        return np.broadcast_to(self._u(self._env(X, t), "numpy"), (len(X),))
+
+    def u0_at(self, X):
+        return np.broadcast_to(self._u0(self._env(X), "numpy"), (len(X),))
 
 
 # ---------------------------------------------------------------- safe parser
@@ -57,7 +87,7 @@ def test_parser_accepts_math():
     ref = 1 + sympy.sin(sympy.pi * x) * sympy.cos(sympy.pi * y) + x ** 2 \
         + sympy.exp(-t) * sympy.sqrt(sympy.Abs(y)) + sympy.E
     assert sympy.simplify(e - ref) == 0
-    with pytest.raises(ExpressionError, match="unknown symbol 't'"):
+    with pytest.raises(ExpressionError, match="unknown name 't'"):
         parse_safe("x + t", ("x", "y"))
 
 
@@ -71,16 +101,16 @@ def test_paper_manufactured_data():
     u = 1 + np.sin(PI * x) * np.cos(PI * y)
     lap = -2 * PI ** 2 * np.sin(PI * x) * np.cos(PI * y)
     dudn = PI * np.cos(PI * x) * np.cos(PI * y) * N[:, 0] - PI * np.sin(PI * x) * np.sin(PI * y) * N[:, 1]
-    d = manufactured("poisson")
+    d = _Data(paper_problem("poisson"))
     # scales: the magnitudes of the terms each formula adds (|sin|, |cos| <= 1, u <= 2)
     _close(d.f_at(X), lap, 2 * PI ** 2)
     _close(d.g_at(X, N), dudn + u, 2 * PI + 2)
     _close(d.exact_at(X), u, 2)
-    dn = manufactured("nonlinear-poisson")
+    dn = _Data(paper_problem("nonlinear-poisson"))
     _close(dn.f_at(X), lap - np.exp(u), 2 * PI ** 2 + np.exp(2))
-    dd = manufactured("poisson", alpha=0.0, beta=1.0)
+    dd = _Data(paper_problem("poisson", bc=Dirichlet()))
     _close(dd.g_at(X, N), u, 2)
-    h = manufactured("heat")
+    h = _Data(paper_problem("heat"))
     t = 0.3
     s = np.sin(PI * x) * np.cos(PI * y)
     _close(h.f_at(X, t), PI * np.cos(PI * t) * s + 2 * PI ** 2 * s * np.sin(PI * t),
@@ -89,16 +119,16 @@ def test_paper_manufactured_data():
 
 
 def test_forcing_given_directly_has_no_exact():
-    d = from_forcing("poisson", "-2", "x*nx + y*ny")
+    d = _Data(Problem("lap(u)", bc=Robin(1, 1, g="x*nx + y*ny"), f="-2"))
     X = np.array([[1.0, 0.0], [0.0, 0.5]])
     N = np.array([[1.0, 0.0], [0.0, 1.0]])
     np.testing.assert_allclose(d.f_at(X), [-2, -2])
     np.testing.assert_allclose(d.g_at(X, N), [1.0, 0.5])
-    assert not d.has_exact
-    with pytest.raises(ValueError, match="--u0"):
-        from_forcing("heat", "1", "0")
+    assert d.a.exact is None
+    with pytest.raises(ValueError, match="initial value"):
+        Problem("dt(u) - lap(u)", bc=Dirichlet(g="0"), f="1", time=(0, 1))
     with pytest.raises(ExpressionError):
-        from_forcing("poisson", "__import__('os')", "0")
+        Problem("lap(u)", bc=Dirichlet(g="0"), f="__import__('os')")
 
 
 # ---------------------------------------------------------------- numpy reference of eq. (12)/(16)
@@ -119,7 +149,7 @@ def _np_mlp(model, X, k=None):
 
 
 def _np_loss(model, kind, cloud, L, B, nt=24):
-    d = manufactured(kind)
+    d = _Data(paper_problem(kind, nt=nt if kind == "heat" else None))
     X, rows, bnd = cloud.nodes, cloud.collocation, cloud.boundary
     nr, nb = len(rows), len(bnd)
     if kind != "heat":
@@ -130,6 +160,7 @@ def _np_loss(model, kind, cloud, L, B, nt=24):
         b = B @ u - d.g_at(bnd, cloud.normals)
         return (r @ r) / nr + (b @ b) / nb
     T = np.linspace(0, 1, nt + 1)
+    L = -L  # the heat PDE is dt(u) - lap(u): its assembled linear part "L" is minus the Laplacian
     pde = bc = 0.0
     for k, t in enumerate(T):
         u, ut = _np_mlp(model, np.hstack([X, np.full((len(X), 1), t)]), k=2)
@@ -144,19 +175,19 @@ def _np_loss(model, kind, cloud, L, B, nt=24):
 
 
 @pytest.mark.parametrize("kind", ["poisson", "nonlinear-poisson", "heat"])
-def test_dt_loss_and_gradient_match_numpy(kind, cloud, system, spread):
+def test_dt_loss_and_gradient_match_numpy(kind, cloud, spread):
     nt = 6
-    P = make_problem(manufactured(kind), "dt", nt=nt)
-    model = MLP(P.input_dim(2), width=12, depth=2, seed=4)
+    P = _disc(cloud, kind, nt=nt)
+    system = P.system
+    model = MLP(P.input_dim, width=12, depth=2, seed=4)
     L, B = system.L.to_scipy(), system.B.to_scipy()
     ref = _np_loss(model, kind, cloud, L, B, nt=nt)
-    r = P.residual(model, system)
+    r = P.residual(model)
     loss = (r * r).sum()
     # torch (network, CSR SpMV, sums) against numpy/scipy doing the same arithmetic in other
     # orders: measured |loss - ref| / ref <= 3.9 eps (threads 1 and 2); tolerance 64 eps.
     tol = 64 * EPS
-    for got in (float(loss.detach()), P.loss(model, system),
-                sum(P.loss_terms(model, system).values())):
+    for got in (float(loss.detach()), P.loss(model), sum(P.loss_terms(model).values())):
         spread("problems.loss_vs_numpy", abs(got - ref) / ref, tol)
         assert abs(got - ref) <= tol * ref
     # gradient: directional derivative against a central difference of the numpy loss
@@ -195,59 +226,31 @@ class _Exact(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["poisson", "nonlinear-poisson", "heat"])
-def test_exact_solution_has_small_residuals(kind, system, spread):
-    data = manufactured(kind)
+def test_exact_solution_has_small_residuals(kind, cloud, spread):
     ex = _Exact(kind == "heat")
-    van = make_problem(data, "vanilla", nt=4)
-    dt = make_problem(data, "dt", nt=4)
+    van = _disc(cloud, kind, "vanilla", nt=4)
+    dt = _disc(cloud, kind, nt=4)
     # Autograd derivatives of the closed form are exact up to round-off: every residual is a few
     # eps times its terms' magnitude (<= 4 pi^2 bounds |lap u|, |u_t|, |f|, |du/dn| + |u|).
     # Measured sqrt(vanilla loss) and the autograd PDE residual <= 1.2e-15 = 0.14 eps 4 pi^2
     # (threads 1 and 2); tolerance 64 eps 4 pi^2 = 5.6e-13.
     tol = 64 * EPS * 4 * PI ** 2
-    spread("problems.exact.vanilla_residual", math.sqrt(van.loss(ex, system)), tol)
-    assert math.sqrt(van.loss(ex, system)) <= tol
-    assert dt.loss(ex, system) < 1e-2    # RBF-FD truncation error only (p = 4, N = 220)
+    spread("problems.exact.vanilla_residual", math.sqrt(van.loss(ex)), tol)
+    assert math.sqrt(van.loss(ex)) <= tol
+    assert dt.loss(ex) < 1e-2    # RBF-FD truncation error only (p = 4, N = 220)
     # the test-set error of the closed form against itself (torch vs numpy): measured
     # <= 0.15 eps; tolerance CLOSED_FORM eps
-    spread("problems.exact.rel_l2", dt.rel_l2(ex, system), CLOSED_FORM * EPS)
-    assert dt.rel_l2(ex, system) <= CLOSED_FORM * EPS
-    norms = dt.residual_norms(ex, system)
+    spread("problems.exact.rel_l2", dt.rel_l2(ex), CLOSED_FORM * EPS)
+    assert dt.rel_l2(ex) <= CLOSED_FORM * EPS
+    norms = dt.residual_norms(ex)
     spread("problems.exact.autograd_pde_res", norms["autograd_pde_res"], tol)
     assert norms["autograd_pde_res"] <= tol and norms["discrete_pde_res"] < 0.1
     if kind == "heat":
-        v = dt.network_values(ex, system)
-        assert isinstance(v, HeatValues) and v.U.shape == (system.nodes.shape[0], 5)
+        U, Ut = dt.network_values(ex)
+        assert U.shape == Ut.shape == (dt.system.nodes.shape[0], 5)
         t = torch.linspace(0, 1, 5, dtype=torch.float64)
-        X = torch.as_tensor(system.nodes)
+        X = torch.as_tensor(dt.system.nodes)
         ut = PI * torch.sin(PI * X[:, :1]) * torch.cos(PI * X[:, 1:]) * torch.cos(PI * t)
         # autograd's d/dt of the closed form against the formula: measured <= 0.64 eps pi
         # (threads 1 and 2); tolerance CLOSED_FORM eps pi
-        _close(v.Ut.detach().numpy(), ut.numpy(), PI)
-
-
-def test_partitioned_systems_sum_to_the_global_loss(cloud, system, spread):
-    """Forcing data comes only from the local nodes: two 'ranks' with row subsets reproduce
-    the global loss (eq. (12) normalised by the GLOBAL counts)."""
-    P = make_problem(manufactured("nonlinear-poisson"), "dt")
-    model = MLP(2, width=10, depth=2, seed=1)
-    full = P.loss(model, system)
-    L, B = system.L.to_scipy(), system.B.to_scipy()
-    nr, nb, ni = system.n_rows_L, system.n_rows_B, system.n_interior
-    total, m = 0.0, 0
-    for part in (slice(0, nr // 2), slice(nr // 2, nr)):
-        rows = np.arange(nr)[part]
-        brow = rows[rows >= ni] - ni
-        # this 'rank' sees ALL nodes as columns (simplest halo) but only its own rows
-        s = DiscreteSystem(nodes=system.nodes, row_index=rows, boundary_index=brow + ni,
-                           interior_index=rows[rows < ni], normals=system.normals[brow],
-                           L=TorchCSROperator(L[rows]), B=TorchCSROperator(B[brow]),
-                           n_rows_L=nr, n_rows_B=nb, n_interior=ni, comm=system.comm)
-        r = make_problem(manufactured("nonlinear-poisson"), "dt").residual(model, s)
-        total += float((r * r).sum())
-        m += r.numel()
-    # Each residual entry comes from the same row operations (row subsets of one CSR matrix);
-    # only the grouping of the positive sum of m squares differs: <= 2 gamma_m relative
-    # (Higham lemma 3.1). Measured: 0.
-    spread("problems.partitioned_loss", abs(total - full) / full, 2 * gamma(m))
-    assert abs(total - full) <= 2 * gamma(m) * full
+        _close(Ut.detach().numpy(), ut.numpy(), PI)

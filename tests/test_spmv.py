@@ -84,7 +84,7 @@ def test_cupy_missing_is_a_clear_error():
     if _has_cupy_gpu():
         pytest.skip("cupy and a GPU are present")
     from dtpinn_dist.operators.cupy_csr import CupyCSROperator
-    with pytest.raises(RuntimeError, match="--backend torch"):
+    with pytest.raises(RuntimeError, match="torch backend"):
         CupyCSROperator(_matrix())
 
 

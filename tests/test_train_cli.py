@@ -39,7 +39,7 @@ def test_cli_smoke_and_refuses_overwrite(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--exact", "__import__('os').mkdir('PWNED')"], "not allowed"),
-    (["--exact", "x + w"], "unknown symbol"),
+    (["--exact", "x + w"], "unknown name 'w'"),
     (["--f", "1"], "--g"),
     (["--backend", "cupy"], "cupy"),
     (["--nodes", "/nonexistent/cloud.npz"], "does not exist"),

@@ -8,7 +8,7 @@ discrete system that L-BFGS never does (docs/levenberg_marquardt.md).
 Step computations (``step=``):
 
 ``"dense"``
-    ``J`` formed explicitly (:meth:`~dtpinn_dist.optim.jacobian.DTPINNLeastSquares.jacobian`),
+    ``J`` formed explicitly (:meth:`~dtpinn_dist.optimizer.least_squares.PINNLeastSquares.jacobian`),
     step by fp64 Cholesky of ``J^T J + lam D`` (``"primal"``, P x P) or, serially and when J
     has fewer rows than columns, of ``Js Js^T + lam I`` with ``Js = J D^-1/2`` (``"dual"``,
     M x M; the same step). Distributed runs always use the primal form: ``J^T J`` and ``J^T r``
@@ -39,7 +39,7 @@ __all__ = ["LevenbergMarquardt", "JacobianTooLarge"]
 
 
 class LevenbergMarquardt:
-    """Levenberg-Marquardt on a :class:`~dtpinn_dist.optim.jacobian.LeastSquaresProblem`.
+    """Levenberg-Marquardt on a :class:`~dtpinn_dist.optimizer.least_squares.LeastSquaresProblem`.
 
     Parameters
     ----------

@@ -69,7 +69,7 @@ class TrainConfig:
         Optimizer phases, e.g. ``"lbfgs:300,lm:100"`` (L-BFGS for 300 steps, then
         Levenberg-Marquardt for 100); overrides ``optimizer`` and ``steps``.
     lm : dict
-        Options of :class:`~dtpinn_dist.optim.lm.LevenbergMarquardt` (``step``,
+        Options of :class:`~dtpinn_dist.optimizer.lm.LevenbergMarquardt` (``step``,
         ``memory_budget``, ``cg_maxiter``, ...).
     """
 

@@ -142,7 +142,7 @@ def _checked_cloud(cloud, comm):
 
 def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
                backend: str | None = None, dtype=None, device=None, partitioner: str = "auto",
-               n_test: int | None = None) -> Discretization:
+               partition=None, n_test: int | None = None) -> Discretization:
     """Turn a declared problem and a point cloud into this rank's :class:`Discretization`.
 
     Parameters
@@ -166,6 +166,8 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
         Torch device (default "cpu"; "cuda" for the cupy backend).
     partitioner : str
         How nodes are split over ranks (PETSc backend).
+    partition : Partition, optional
+        A given split of the nodes over the ranks instead (PETSc backend).
     n_test : int, optional
         Use only the first ``n_test`` of ``cloud.test``.
 
@@ -258,7 +260,8 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     if backend == "petsc":
         from ..distributed.assembly import distributed_system
         system = distributed_system(cloud, order, comm, specs, dtype=dtype,
-                                    partitioner=partitioner, n_test=n_test, device=device)
+                                    partitioner=partitioner, partition=partition,
+                                    n_test=n_test, device=device)
     else:
         from ..operators.torch_csr import serial_system
         system = serial_system(cloud, order, specs, dtype=dtype, device=device, backend=backend)
@@ -383,7 +386,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             rest=None if form.is_linear else compile_expr(form.rest, names_b), fields=fields,
             partials={k: compile_expr(v, names_b) for k, v in form.rest_partials().items()},
             linear=form.linear))
-    info = {"backend": backend, "dtype": str(dtype).replace("torch.", ""),
+    info = {"backend": backend, "dtype": "fp64" if dtype == torch.float64 else "fp32",
             "device": str(device), "ranks": comm.size, "order": int(order),
             "operators": {k: getattr(v, "nnz", None) for k, v in system.ops.items()},
             "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,

@@ -44,7 +44,7 @@ class ExpressionError(ValueError):
 
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
            ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
-           ast.Pow: lambda a, b: a ** b, ast.BitXor: lambda a, b: a ** b}
+           ast.Pow: lambda a, b: a ** b}
 
 
 def _depth(node, d=0) -> int:
@@ -98,7 +98,7 @@ def _convert(node, names: dict, funcs: dict, text: str):
         if op is None:
             raise ExpressionError(f"operator {type(node.op).__name__} is not allowed in "
                                   f"{text!r}; use + - * / ** only")
-        if isinstance(node.op, (ast.Pow, ast.BitXor)) and not _has_name(node.right):
+        if isinstance(node.op, ast.Pow) and not _has_name(node.right):
             # a purely numeric exponent must be a small literal: no 9**9**9 blow-ups
             r = node.right.operand if isinstance(node.right, ast.UnaryOp) else node.right
             ok = isinstance(r, ast.Constant) and isinstance(r.value, (int, float)) \
@@ -111,7 +111,8 @@ def _convert(node, names: dict, funcs: dict, text: str):
         return op(conv(node.left), conv(node.right))
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name):
-            raise ExpressionError(f"only calls of named functions are allowed in {text!r}")
+            raise ExpressionError(f"this call is not allowed in {text!r}: only the whitelisted "
+                                  "functions may be called, by name")
         fn = funcs.get(node.func.id)
         if fn is None:
             raise ExpressionError(f"function {node.func.id!r} is not allowed in {text!r}: use "
@@ -158,7 +159,8 @@ def parse(text, names: dict, funcs: dict | None = None, what: str = "expression"
                               "'1 + sin(pi*x)*cos(pi*y)'")
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"the {what} is longer than {MAX_LENGTH} characters")
-    text = text.strip()
+    # '^' means power, with the precedence of '**' (as a token: Python's ^ binds looser than +)
+    text = text.strip().replace("^", "**")
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:

@@ -20,7 +20,7 @@ DEFAULT_N = 1663
 HEAT_N = 828  # the paper's heat experiment (Nt = 24: 20700 space-time points)
 
 #: Phrases of library messages -> the flag that set that input.
-_FLAG_OF = {"PDE": "--pde", "exact solution": "--exact", "forcing f": "--f",
+_FLAG_OF = {"has no data g": "--g", "PDE": "--pde", "exact solution": "--exact", "forcing f": "--f",
             "boundary data g": "--g", "initial value": "--u0", "time interval": "--time",
             "nt (time steps)": "--nt", "order p": "--order", "forcing f (derived": "--exact",
             "(derived from the exact solution)": "--exact"}
