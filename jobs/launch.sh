@@ -32,8 +32,8 @@ export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle:-1}"
 export PYTHONUNBUFFERED=1
 
 if [ -z "${DTPINN_PYTHON:-}" ]; then
-  # Once, on the batch host, before any rank starts (a no-op taking about a second when the
-  # environment is in place). Several nodes: .venv/ must be on a filesystem all nodes see.
+  # Once, on the batch host, before any rank starts: when .venv/ is in place it only checks that
+  # it imports (seconds). Several nodes: .venv/ must be on a filesystem all nodes see.
   bash scripts/setup.sh
   DTPINN_PYTHON="$PWD/.venv/bin/python"
 fi

@@ -31,7 +31,7 @@ from conftest import REPO, SIZE
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]  # --no-install-recommends: 6 debs
 COMMANDS = ["slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "squeue", "sinfo",
             "munged"]
-JOB_TIMEOUT_S = 600  # the whole job, set-up check included; 20-75 s measured on a loaded 2-core VM
+JOB_TIMEOUT_S = 600  # the whole job; 52-76 s measured on a 2-core VM at load 6-9
 
 
 def _which(cmd):
