@@ -259,8 +259,9 @@ def slurm():
 
 
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-@pytest.mark.parametrize("script, launcher", [("jobs/train_cpu.slurm", "srun"),
-                                              ("jobs/train_multinode.slurm", "mpirun")])
+# (jobs/train_multinode.slurm with DTPINN_LAUNCHER=mpirun passed the same check when it was
+# written; it is left out here to keep the suite's time to minutes: it adds about a minute)
+@pytest.mark.parametrize("script, launcher", [("jobs/train_cpu.slurm", "srun")])
 def test_job_trains_on_two_ranks(slurm, script, launcher):
     run = slurm.dir / f"run-{launcher}"
     env = dict(slurm.env, DTPINN_LAUNCHER=launcher)
