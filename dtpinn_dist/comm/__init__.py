@@ -9,6 +9,8 @@ from .communicator import MPIComm, SerialComm, as_comm, get_comm, tensor_hash
 from .errors import abort_on_error, abort_on_exception, world_rank_size
 from .launch import launch_rank_size, mpi_launched
 from .petsc import init_petsc
+from .signals import StopSignals
 
 __all__ = ["SerialComm", "MPIComm", "as_comm", "get_comm", "tensor_hash", "abort_on_exception",
-           "abort_on_error", "world_rank_size", "launch_rank_size", "mpi_launched", "init_petsc"]
+           "abort_on_error", "world_rank_size", "launch_rank_size", "mpi_launched", "init_petsc",
+           "StopSignals"]

@@ -2,6 +2,8 @@
 
 >>> res = fit(disc, steps=300)                       # L-BFGS (strong Wolfe), the paper's 4 x 50 MLP
 >>> res = fit(disc, schedule="lbfgs:50,lm:100")      # then Levenberg-Marquardt
+>>> res = fit(disc, steps=300, checkpoint="run", checkpoint_every=50)   # run/checkpoint.pt
+>>> res = fit(disc, steps=600, checkpoint="run", resume="run")          # continue it
 >>> u = res.predict(points)
 
 Settings are :class:`~dtpinn_dist.optimizer.trainer.TrainConfig` fields, normalised once here;
@@ -59,7 +61,8 @@ class FitResult:
         return self.disc.predict(self.model, points, t).double().cpu().numpy()
 
 
-def fit(disc, config: TrainConfig | None = None, *, model=None, log=print,
+def fit(disc, config: TrainConfig | None = None, *, model=None, log=print, checkpoint=None,
+        resume=None, catch_signals: bool = False, checkpoint_meta: dict | None = None,
         **settings) -> FitResult:
     """Train a PINN on ``disc`` (from :func:`~dtpinn_dist.problem.discretize.discretize`).
 
@@ -74,6 +77,20 @@ def fit(disc, config: TrainConfig | None = None, *, model=None, log=print,
         Default: the paper's MLP (``width`` x ``depth`` tanh) in the discretisation's dtype.
     log : callable
         Progress lines (rank 0 only); ``verbose=False`` silences them.
+    checkpoint : path-like, optional
+        Write checkpoints to this file (a directory: ``DIR/checkpoint.pt``): every
+        ``checkpoint_every`` steps (a setting; 0 = only at the end) and whenever the run stops
+        (:mod:`.checkpoint`).
+    resume : path-like, optional
+        Continue from this checkpoint (file or run folder). Refused, on every rank with one
+        message, when it is from a different problem, cloud, order, method, dtype, rank count
+        or network. With step budgets and the same thread count the continued run ends with
+        the bits of an uninterrupted one.
+    catch_signals : bool
+        Ctrl-C (SIGINT), SIGTERM and SIGUSR1 stop the run after the step in progress, with a
+        checkpoint, instead of killing it; ``result.result.interrupted`` names the signal.
+    checkpoint_meta : dict, optional
+        Plain data stored with each checkpoint (returned by ``Trainer.resume``).
 
     Returns
     -------
@@ -84,6 +101,9 @@ def fit(disc, config: TrainConfig | None = None, *, model=None, log=print,
     if unknown:
         raise TypeError(f"fit() got unknown settings {unknown}; known: {', '.join(sorted(fields))}")
     cfg = dataclasses.replace(config or TrainConfig(), **settings)
-    trainer = Trainer(disc, cfg, model=model, log=log)
+    trainer = Trainer(disc, cfg, model=model, log=log, checkpoint=checkpoint,
+                      checkpoint_meta=checkpoint_meta, catch_signals=catch_signals)
+    if resume is not None:
+        trainer.resume(resume)
     result = trainer.train()
     return FitResult(model=trainer.model, disc=disc, result=result, trainer=trainer)

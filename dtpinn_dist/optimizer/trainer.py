@@ -9,10 +9,17 @@ Distributed rules (all ranks must take bit-identical optimizer steps):
   ``.grad``) and sums the loss the same way. ``comm.sum`` returns identical bits on every rank,
   so every rank's optimizer sees the same loss and gradient and branches identically;
 * no other collective runs inside the optimizer; stop decisions (time budget) are made on rank 0
-  and broadcast between steps, evaluation metrics are global sums between steps.
+  and broadcast between steps, a stop signal is agreed on between steps (one ``allgather``),
+  evaluation metrics are global sums between steps.
+
+Checkpoints (:mod:`.checkpoint`): :meth:`Trainer.state_dict` holds everything the loop needs to
+continue, so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes
+(same bits, with the same thread count); the trainer writes one every ``checkpoint_every``
+steps, when it stops (step or time budget, a stop signal, a blow-up) and at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -20,8 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..comm.signals import StopSignals, signal_name
 from ..model.mlp import MLP
 from ..model.params import copy_flat_into, flatten
+from . import checkpoint as ckpt
 from .first_order import default_lr
 from .registry import build, parse_schedule
 
@@ -62,7 +71,8 @@ class TrainConfig:
         Network shape (paper: 50, 4, tanh).
     divergence_factor : float
         Treat a loss above this multiple of the initial loss as divergence (stop, restore the
-        parameters before that step); 0 disables. L-BFGS without line search can blow up.
+        parameters with the lowest loss seen); 0 disables. L-BFGS without line search can
+        blow up.
     verbose : bool
         Progress lines (rank 0 only).
     schedule : str, optional
@@ -71,6 +81,9 @@ class TrainConfig:
     lm : dict
         Options of :class:`~dtpinn_dist.optimizer.lm.LevenbergMarquardt` (``step``,
         ``memory_budget``, ``cg_maxiter``, ...).
+    checkpoint_every : int
+        With a checkpoint file (``Trainer(checkpoint=...)``, ``fit(checkpoint=...)``): write it
+        every this many steps (0: only when the run stops).
     """
 
     optimizer: str = "lbfgs"
@@ -92,6 +105,7 @@ class TrainConfig:
     verbose: bool = True
     schedule: str | None = None
     lm: dict = field(default_factory=dict)
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         """Every setting checked once, here, with one message naming the setting."""
@@ -108,7 +122,7 @@ class TrainConfig:
         for name in ("width", "depth", "history_size", "max_iter"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
                  "must be an integer >= 1")
-        for name in ("steps", "eval_every", "seed"):
+        for name in ("steps", "eval_every", "seed", "checkpoint_every"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
                  "must be an integer >= 0")
         need(self.lr is None or (finite(self.lr) and self.lr > 0), "lr",
@@ -140,7 +154,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainResult:
-    """What a run produced. ``history``: one dict per evaluation (see :meth:`Trainer.evaluate`)."""
+    """What a run produced. ``history``: one dict per evaluation (see :meth:`Trainer.evaluate`).
+
+    ``restored``: after a blow-up or a non-finite loss, where the parameters the run kept come
+    from (``{"step", "evaluation", "loss"}``: the loss evaluation with the lowest loss seen, the
+    step it belongs to); None otherwise. ``interrupted``: the stop signal's name ("SIGINT") when
+    one ended the run. ``checkpoint``/``checkpoint_step``: the last checkpoint written (or
+    resumed from) and its step.
+    """
 
     history: list = field(default_factory=list)
     steps: int = 0
@@ -153,6 +174,10 @@ class TrainResult:
     best_step: int | None = None
     time_to_best_s: float | None = None
     stop_reason: str = ""
+    restored: dict | None = None
+    interrupted: str | None = None
+    checkpoint: str | None = None
+    checkpoint_step: int | None = None
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -173,9 +198,20 @@ class Trainer:
         dtype.
     log : callable
         Where progress lines go (called on rank 0 only).
+    checkpoint : path-like, optional
+        Checkpoint file (a directory: ``DIR/checkpoint.pt``) written every
+        ``config.checkpoint_every`` steps and when the run stops (:mod:`.checkpoint`).
+    checkpoint_meta : dict, optional
+        Plain data stored with every checkpoint (the CLI stores its arguments there).
+    catch_signals : bool
+        While :meth:`train` runs, SIGINT (Ctrl-C), SIGTERM and SIGUSR1 stop the run cleanly
+        after the step in progress (checkpoint written, ``result.interrupted`` set) instead of
+        killing it; a second Ctrl-C abandons the step (:mod:`dtpinn_dist.comm.signals`).
     """
 
-    def __init__(self, disc, config: TrainConfig | None = None, model=None, log=print):
+    def __init__(self, disc, config: TrainConfig | None = None, model=None, log=print, *,
+                 checkpoint=None, checkpoint_meta: dict | None = None,
+                 catch_signals: bool = False):
         self.disc = disc
         self.config = cfg = config or TrainConfig()
         self.comm = disc.comm
@@ -200,25 +236,37 @@ class Trainer:
             name, disc.method, disc.problem.name, cfg.line_search)) for name, _ in self.phases]
         self.lr = next((lr for lr in self.lrs if lr is not None), None)
         self.phase, self.phase_start = 0, 0
-        self._set_optimizer(self.phases[0][0])
-        self._optimizer_phase = 0
+        self._set_optimizer(0)
         self.step_count = 0
         self.evals = 0
         self.train_time = 0.0
         self.eval_time = 0.0
         self.history: list[dict] = []
         self._last_loss = math.nan
-        self._good = self._flat().clone()
+        # the restore point: the parameters with the lowest loss seen, and where they are from
+        self._best_params = self._flat().clone()
+        self._best = None  # {"step", "evaluation", "loss"} once a loss was seen
+        self._evals0 = 0   # evaluations before the step in progress
+        self.checkpoint = None if checkpoint is None else ckpt.checkpoint_file(checkpoint)
+        self.checkpoint_meta = dict(checkpoint_meta or {})
+        self.checkpoint_step = None  # step of the last checkpoint written or resumed from
+        self.catch_signals = catch_signals
+        self._signals = None
 
     def _next_phase(self) -> None:
         self.phase += 1
         self.phase_start = self.step_count
 
-    def _set_optimizer(self, name: str) -> None:
-        """Make ``name`` the current optimizer (a fresh one: phases do not share state)."""
-        cfg = self.config
-        self.optimizer_name = name
-        self.optimizer = build(name, self)
+    def _set_optimizer(self, phase: int) -> None:
+        """Make a fresh optimizer of schedule phase ``phase`` current (phases share no
+        state)."""
+        keep, self.phase = self.phase, phase  # the registry reads the phase's settings
+        try:
+            self.optimizer = build(self.phases[phase][0], self)
+        finally:
+            self.phase = keep
+        self.optimizer_name = self.phases[phase][0]
+        self._optimizer_phase = phase
 
     # ------------------------------------------------------------------ core
     def _diverged(self, loss: float) -> bool:
@@ -230,6 +278,14 @@ class Trainer:
 
     def _set_flat(self, v: torch.Tensor) -> None:
         copy_flat_into(v, self.params)
+
+    def _note_loss(self, loss: float, step: int) -> None:
+        """Keep the current parameters as the restore point when ``loss`` is the lowest seen.
+        ``step``: the step these parameters belong to (the step that reached them, or the one
+        in progress for a trial point inside it)."""
+        if math.isfinite(loss) and (self._best is None or loss < self._best["loss"]):
+            self._best_params = self._flat().clone()
+            self._best = {"step": step, "evaluation": self.evals, "loss": loss}
 
     def closure(self) -> torch.Tensor:
         """zero_grad, local loss, backward, global gradient and loss (one comm.sum each)."""
@@ -246,10 +302,11 @@ class Trainer:
         else:
             loss = local.detach()
         self.evals += 1
-        if torch.isfinite(loss) and not self._diverged(float(loss)):
-            # the last point with a sane loss: what a blow-up restores (L-BFGS without a line
-            # search makes its final update of a step() without evaluating it)
-            self._good = self._flat().clone()
+        # the first evaluation of a step is at the point the previous steps reached; later ones
+        # are trial points of the step in progress (L-BFGS without a line search makes the last
+        # update of a step() without evaluating it: the next step's first evaluation does)
+        first = self.evals == self._evals0 + 1
+        self._note_loss(float(loss), self.step_count if first else self.step_count + 1)
         if not torch.isfinite(loss):
             # zero gradient makes L-BFGS return at once instead of iterating on NaNs
             for p in self.params:
@@ -284,13 +341,41 @@ class Trainer:
                      f"train {rec['time_s']:.1f}s  eval {rec['eval_time_s']:.1f}s")
         return rec
 
+    def _stop_signal(self) -> int:
+        """The stop signal any rank caught (0: none); the same on every rank (collective)."""
+        caught = int(self._signals.caught) if self._signals is not None else 0
+        if self.comm.size > 1:
+            caught = next((s for s in self.comm.allgather(caught) if s), 0)
+        return caught
+
+    def _restore_best(self) -> str:
+        """Put the restore point back; the phrase saying where it is from."""
+        self._set_flat(self._best_params)
+        b = self._best
+        if b is None:
+            return "kept the initial parameters (no finite loss was seen)"
+        return (f"restored the parameters with the lowest loss seen, {b['loss']:.3e} at step "
+                f"{b['step']} (evaluation {b['evaluation']})")
+
     def train(self) -> TrainResult:
-        """Run until the step budget, the loss tolerance, the time budget or a NaN/inf loss."""
+        """Run until the step budget, the loss tolerance, the time budget, a stop signal or a
+        NaN/inf loss (collective)."""
+        guard = StopSignals() if self.catch_signals else contextlib.nullcontext()
+        with guard as signals:
+            self._signals = signals
+            try:
+                return self._train()
+            finally:
+                self._signals = None
+
+    def _train(self) -> TrainResult:
         cfg = self.config
         res = TrainResult()
         if not self.history:
             self._record(res)
-        reason = "step budget"
+        reason = None
+        abandoned = False
+        every = cfg.checkpoint_every if self.checkpoint is not None else 0
         while self.phase < len(self.phases):
             name, n_steps = self.phases[self.phase]
             if self.step_count - self.phase_start >= n_steps:
@@ -298,39 +383,59 @@ class Trainer:
                     break  # the phase stays current, so a restored run can continue it
                 self._next_phase()
                 continue
+            if self._signals is not None:
+                sig = self._stop_signal()
+                if sig:
+                    res.interrupted = signal_name(sig)
+                    reason = f"interrupted by {res.interrupted} at step {self.step_count}"
+                    break
             if self._optimizer_phase != self.phase:
-                self._set_optimizer(name)
-                self._optimizer_phase = self.phase
+                self._set_optimizer(self.phase)
                 if self.phase and self.comm.rank == 0 and cfg.verbose:
                     self.log(f"phase {self.phase + 1}: {name} for up to {n_steps} steps")
             start = self._flat().clone()
             t0 = time.perf_counter()
-            evals0 = self.evals
-            if getattr(self.optimizer, "self_evaluating", False):
-                lm_evals = self.optimizer.evals
-                self.optimizer.step()
-                self.evals += self.optimizer.evals - lm_evals
-                self._last_loss = self.optimizer.last_loss
-                if math.isfinite(self._last_loss):
-                    self._good = self._flat().clone()
-            else:
-                self.optimizer.step(self.closure)
+            self._evals0 = evals0 = self.evals
+            try:
+                if getattr(self.optimizer, "self_evaluating", False):
+                    lm_evals = self.optimizer.evals
+                    self.optimizer.step()
+                    self.evals += self.optimizer.evals - lm_evals
+                    self._last_loss = self.optimizer.last_loss
+                    # LM accepts only decreasing steps: its point after the step is evaluated
+                    self._note_loss(self._last_loss, self.step_count + 1)
+                else:
+                    self.optimizer.step(self.closure)
+            except KeyboardInterrupt:
+                # a second Ctrl-C: give the step up. Under MPI the other ranks may be inside a
+                # collective of this step: only ending the job is safe (the caller aborts).
+                if self.comm.size > 1:
+                    raise
+                self.train_time += time.perf_counter() - t0
+                self._set_flat(start)
+                # the optimizer's state is half-updated: no checkpoint is written from it
+                abandoned = True
+                res.interrupted = "SIGINT"
+                reason = (f"interrupted by SIGINT during step {self.step_count + 1} (the step "
+                          f"was abandoned; parameters of step {self.step_count} kept)")
+                break
             self.train_time += time.perf_counter() - t0
             self.step_count += 1
             # judged at the end of the step: a NaN trial point that the line search backed
             # out of is not a failure
             if not math.isfinite(self._last_loss) or not torch.isfinite(self._flat()).all():
-                self._set_flat(self._good)
-                reason = (f"non-finite loss at step {self.step_count}: stopped and restored the "
-                          "last good parameters (try a smaller learning rate lr)")
+                res.restored = copy.deepcopy(self._best)
+                reason = (f"non-finite loss at step {self.step_count}: stopped and "
+                          f"{self._restore_best()} (try a smaller learning rate lr)")
                 if self.comm.rank == 0:
                     self.log(reason)
                 break
             if math.isfinite(self._last_loss) and self._diverged(self._last_loss):
-                self._set_flat(self._good)
-                reason = (f"diverged at step {self.step_count} (loss {self._last_loss:.3e}): "
-                          "restored the parameters before that step (try a line search or a "
-                          "smaller learning rate lr)")
+                res.restored = copy.deepcopy(self._best)
+                reason = (f"diverged at step {self.step_count} (loss {self._last_loss:.3e} > "
+                          f"{cfg.divergence_factor:g} x the starting loss "
+                          f"{self.history[0]['loss']:.3e}): {self._restore_best()} (try a line "
+                          "search or a smaller learning rate lr)")
                 if self.comm.rank == 0:
                     self.log(reason)
                 break
@@ -353,12 +458,21 @@ class Trainer:
                     reason = f"time budget {cfg.time_budget:g}s"
                     break
             if phase_over:
-                reason = phase_over
                 if self.phase == len(self.phases) - 1:
+                    reason = phase_over
                     break
                 if self.comm.rank == 0 and cfg.verbose:
                     self.log(f"{phase_over} at step {self.step_count}")
                 self._next_phase()
+            if every and self.step_count % every == 0:
+                self.save_checkpoint()
+        reason = reason or "step budget"
+        # The checkpoint holds the state at this step boundary, before the closing evaluation
+        # below: a run resumed from it records exactly what an uninterrupted one does.
+        # (after a blow-up it holds the restored parameters)
+        if self.checkpoint is not None and not abandoned and (
+                self.checkpoint_step != self.step_count or res.restored is not None):
+            self.save_checkpoint()
         if not self.history or self.history[-1]["step"] != self.step_count:
             self._record(res)
         last = self.history[-1]
@@ -367,6 +481,8 @@ class Trainer:
         res.train_time_s, res.eval_time_s = self.train_time, self.eval_time
         res.final_loss, res.final_rel_l2 = last["loss"], last["rel_l2"]
         res.stop_reason = reason
+        if self.checkpoint_step is not None and self.checkpoint is not None:
+            res.checkpoint, res.checkpoint_step = str(self.checkpoint), self.checkpoint_step
         # best over the whole history (also after a restart from a checkpoint)
         best = [h for h in self.history if h["rel_l2"] is not None and math.isfinite(h["rel_l2"])]
         if best:
@@ -390,26 +506,107 @@ class Trainer:
         return f"converged ({name} made no progress; max |gradient| {g:.3e})"
 
     # ------------------------------------------------------------------ checkpoint state
+    def fingerprint(self) -> dict:
+        """What this run trains on (:func:`~dtpinn_dist.optimizer.checkpoint.fingerprint`)."""
+        return ckpt.fingerprint(self.disc, self.model)
+
     def state_dict(self) -> dict:
-        """Everything needed to continue: model, optimizer, RNG, counters, history."""
-        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "rng_torch": torch.get_rng_state(),
-                "step": self.step_count, "evals": self.evals,
-                "phase": self.phase, "phase_start": self.phase_start,
+        """Everything needed to continue, as plain data: the run's fingerprint, network,
+        optimizer state (L-BFGS history, Adam moments, LM damping and scaling), RNG states,
+        step and evaluation counters, schedule phase, times, history and the restore point."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+        return {"fingerprint": self.fingerprint(),
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": _cpu(copy.deepcopy(self.optimizer.state_dict())),
                 "optimizer_name": self.optimizer_name,
+                "optimizer_phase": self._optimizer_phase,
+                "phase": self.phase, "phase_start": self.phase_start,
+                "step": self.step_count, "evals": self.evals,
                 "train_time_s": self.train_time, "eval_time_s": self.eval_time,
+                "last_loss": self._last_loss,
+                "restore_point": {"params": self._best_params.detach().cpu().clone(),
+                                  "where": copy.deepcopy(self._best)},
+                "rng": rng,
                 "history": copy.deepcopy(self.history), "config": asdict(self.config)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: str = "the state") -> None:
+        """Continue from :meth:`state_dict` (of this run, or read from a checkpoint).
+
+        The state (weights, optimizer history, counters) comes from ``state``; the settings
+        (learning rate, tolerances, budgets) from this trainer's config. Refused, with one
+        message naming every difference, when ``state`` is from a different problem, cloud,
+        order, method, dtype, rank count or network (:class:`~.checkpoint.CheckpointMismatch`),
+        or when its schedule phase is not the same optimizer here.
+        """
+        fp = state.get("fingerprint")
+        if fp is not None:
+            diffs = ckpt.compare(fp, self.fingerprint())
+            if diffs:
+                raise ckpt.CheckpointMismatch(
+                    f"{source} is from a different run: {'; '.join(diffs)}; continue it with the "
+                    "settings it was written with, or start a new run in another folder")
+        op = int(state.get("optimizer_phase", state.get("phase", 0)))
+        phase = int(state.get("phase", op))
+        name = state.get("optimizer_name", self.phases[0][0])
+        if op >= len(self.phases) or self.phases[op][0] != name or phase >= len(self.phases):
+            now = ",".join(f"{n}:{k}" for n, k in self.phases)
+            raise ckpt.CheckpointMismatch(
+                f"{source} is in phase {op + 1} ({name}) of its schedule, but this run's schedule "
+                f"is {now}: keep the schedule's phases up to there (only their lengths and later "
+                "phases may change)")
         self.model.load_state_dict(state["model"])
-        self.phase = min(int(state.get("phase", 0)), len(self.phases) - 1)
-        self.phase_start = int(state.get("phase_start", 0))
-        if state.get("optimizer_name", self.optimizer_name) != self.optimizer_name:
-            self._set_optimizer(state["optimizer_name"])
-        self._optimizer_phase = self.phase
+        self.phase, self.phase_start = phase, int(state.get("phase_start", 0))
+        self._set_optimizer(op)
+        fresh = getattr(self.optimizer, "param_groups", None)
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in fresh or []]
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"])
+        for g, s in zip(getattr(self.optimizer, "param_groups", []), settings):
+            g.update(s)  # settings from this run's config, state from the checkpoint
+        rng = state.get("rng", {"torch": state.get("rng_torch")})
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.step_count, self.evals = int(state["step"]), int(state["evals"])
         self.train_time, self.eval_time = float(state["train_time_s"]), float(state["eval_time_s"])
+        self._last_loss = float(state.get("last_loss", math.nan))
         self.history = copy.deepcopy(state["history"])
+        rp = state.get("restore_point")
+        if rp is not None:
+            self._best_params = rp["params"].to(self._best_params).clone()
+            self._best = copy.deepcopy(rp["where"])
+        else:
+            self._best_params, self._best = self._flat().clone(), None
+
+    def save_checkpoint(self, path=None):
+        """Write :meth:`state_dict` to ``path`` (default: the trainer's checkpoint) atomically;
+        rank 0 writes (collective)."""
+        target = ckpt.checkpoint_file(path) if path is not None else self.checkpoint
+        if target is None:
+            raise ValueError("no checkpoint file: give Trainer(checkpoint=...) or a path")
+        out = ckpt.save(target, self.state_dict(), self.comm, meta=self.checkpoint_meta)
+        if path is None:
+            self.checkpoint_step = self.step_count
+        return out
+
+    def resume(self, path) -> dict:
+        """Continue from the checkpoint at ``path`` (a file, or a run folder holding
+        ``checkpoint.pt``); returns its ``meta``. Collective; raises
+        :class:`~.checkpoint.CheckpointError` (or ``CheckpointMismatch``) on every rank."""
+        doc = ckpt.load(path, self.comm)
+        self.load_state_dict(doc["state"], source=f"checkpoint {ckpt.checkpoint_file(path)}")
+        self.checkpoint_step = self.step_count
+        return doc.get("meta", {})
+
+
+def _cpu(obj):
+    """The same structure with every tensor on the CPU (a checkpoint loads anywhere)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj

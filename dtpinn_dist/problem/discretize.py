@@ -14,6 +14,7 @@ The one builder for serial and distributed runs (a serial run is a one-part part
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -392,9 +393,25 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,
             "n_nodes": cloud.n_nodes, "n_test": None if cloud.test is None else len(cloud.test),
             "parts": {str(names_inv(names).get(t, t)): str(k) for t, k in sorted(by_tag.items())},
+            "cloud_hash": cloud_hash(cloud),
             "setup_time_s": time.perf_counter() - t0}
     return Discretization(problem, an, system, method, pde_part, bparts, data, int(order),
                           info)
+
+
+def cloud_hash(cloud) -> str:
+    """Hex digest of the exact bits of what training sees of a cloud: interior, boundary,
+    normals, ghost nodes and boundary part tags (not the test points, which only score the
+    result). Checkpoints carry it, so a run is never continued on other nodes."""
+    h = hashlib.sha256()
+    for name in ("interior", "boundary", "normals", "ghost", "boundary_tags"):
+        a = getattr(cloud, name)
+        h.update(name.encode())
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def names_inv(names: dict) -> dict:

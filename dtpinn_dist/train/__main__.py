@@ -117,11 +117,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after every evaluation, check that all ranks hold bit-identical "
                         "parameters")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    r.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
+    r.add_argument("--out", default=None, help="output directory (default runs/<timestamp>; "
+                   "with --resume DIR: DIR)")
     r.add_argument("--overwrite", action="store_true",
                    help="replace an existing metrics.json in --out")
     r.add_argument("--quiet", action="store_true")
+    _add_checkpoint_flags(r)
     return p
+
+
+def _add_checkpoint_flags(group) -> None:
+    """--checkpoint-every, --resume (issue 11 section 3)."""
+    group.add_argument("--checkpoint-every", type=int, default=50, metavar="K",
+                       help="write OUT/checkpoint.pt every K steps (0: only when the run stops; "
+                            "it is also written at the end, at the time budget and on Ctrl-C, "
+                            "SIGTERM or SIGUSR1)")
+    group.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue the run in DIR from its checkpoint.pt, with the flags it "
+                            "was started with (flags given here override them, e.g. a larger "
+                            "--steps); the run's results go to DIR unless --out is given")
+
+
+def _resume_argv(argv: list, run_dir: str) -> list:
+    """The command line of a resumed run: the one stored in ``run_dir``'s checkpoint (without its
+    --out), then this one's flags (later flags win in argparse), without --resume. Collective
+    under MPI (rank 0 reads the checkpoint)."""
+    from ..comm import as_comm
+    from ..optimizer import CheckpointError
+    from ..outputs.checkpoint import read_meta
+
+    try:
+        saved = read_meta(run_dir, as_comm(None)).get("argv")
+    except CheckpointError as exc:
+        raise UserError(f"--resume: {exc}") from None
+    if not isinstance(saved, list) or not all(isinstance(a, str) for a in saved):
+        raise UserError(f"--resume: the checkpoint in {run_dir} holds no command line; resume "
+                        "it from Python (dtpinn_dist.fit(..., resume=...))")
+    return _drop_flags(saved, {"--out", "--resume"}) + _drop_flags(argv, {"--resume"})
+
+
+def _drop_flags(argv: list, flags: set) -> list:
+    """``argv`` without the given one-value flags (``--flag V`` and ``--flag=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            out.append(a)
+    return out
 
 
 def _load_cloud(args, time_dependent: bool):
@@ -186,7 +231,8 @@ def _train_config(args):
                            tolerance_change=args.tolerance_change, steps=args.steps,
                            tol=args.tol, time_budget=args.time_budget,
                            eval_every=args.eval_every, seed=args.seed, width=args.width,
-                           depth=args.depth, verbose=not args.quiet)
+                           depth=args.depth, verbose=not args.quiet,
+                           checkpoint_every=args.checkpoint_every)
     except ConfigError as exc:
         raise UserError(f"--{exc.param.replace('_', '-')}: {exc}") from None
 
@@ -200,11 +246,10 @@ def _flagged(exc: Exception) -> str:
     return msg
 
 
-def run(args, log=print) -> dict:
+def run(args, log=print, argv=None) -> dict:
     import torch
 
     from ..comm import as_comm
-    from ..optimizer import TrainConfig, fit
     from ..outputs import default_out_dir, prepare_out_dir, write_metrics
     from ..problem import ExpressionError, discretize
 
@@ -238,7 +283,9 @@ def run(args, log=print) -> dict:
     # inputs are valid: only now claim the output directory
     out = None
     if comm.rank == 0:
-        out = prepare_out_dir(args.out or default_out_dir(), overwrite=args.overwrite)
+        # a resumed run continues in its own folder and replaces the metrics.json it left
+        out = prepare_out_dir(args.out or args.resume or default_out_dir(),
+                              overwrite=args.overwrite or _resumes_in_place(args))
     out = comm.bcast(str(out) if out is not None else None)
 
     try:
@@ -253,14 +300,7 @@ def run(args, log=print) -> dict:
             f"Ni={cloud.n_interior} Nb={cloud.n_boundary}, backend {info['backend']}, "
             f"{comm.size} rank(s), setup {info['setup_time_s']:.2f}s -> {out}")
     printer = (lambda s: log(s, flush=True)) if log is print else log
-    if args.check_lockstep and comm.size > 1:
-        from ..optimizer import Trainer
-        trainer = Trainer(disc, cfg, log=printer)
-        _check_lockstep_on_evaluate(trainer)
-        result = trainer.train()
-    else:
-        res = fit(disc, cfg, log=printer)
-        trainer, result = res.trainer, res.result
+    trainer, result = _train(args, disc, cfg, out, printer, argv)
     settings = dict(vars(args))
     settings.update({"problem_declared": problem.describe(), "dtype": info["dtype"],
                      "backend": info["backend"], "device": info["device"], "lr": trainer.lr,
@@ -275,7 +315,45 @@ def run(args, log=print) -> dict:
             log(f"final rel_l2 {err if err is None else f'{err:.3e}'}, best "
                 f"{result.best_rel_l2 if result.best_rel_l2 is None else f'{result.best_rel_l2:.3e}'}"
                 f", {result.steps} steps, train {result.train_time_s:.1f}s -> {path}")
+        _report_stop(result, out)
     return {"out": out, "result": result}
+
+
+def _resumes_in_place(args) -> bool:
+    """--resume DIR writes its results to DIR (unless --out names another folder)."""
+    from pathlib import Path
+    return args.resume is not None and (args.out is None
+                                         or Path(args.out).resolve() == Path(args.resume).resolve())
+
+
+def _train(args, disc, cfg, out, log, argv):
+    """The trainer with its checkpoint in ``out`` (resumed from ``--resume``), and its result.
+    Ctrl-C, SIGTERM and SIGUSR1 stop it cleanly after the step in progress."""
+    from ..optimizer import CheckpointError, Trainer
+    from ..outputs.checkpoint import checkpoint_path
+
+    meta = {"argv": list(argv)} if argv is not None else {}
+    trainer = Trainer(disc, cfg, log=log, checkpoint=checkpoint_path(out), checkpoint_meta=meta,
+                      catch_signals=True)
+    if args.check_lockstep and disc.comm.size > 1:
+        _check_lockstep_on_evaluate(trainer)
+    if args.resume is not None:
+        try:
+            trainer.resume(args.resume)
+        except CheckpointError as exc:
+            raise UserError(f"--resume: {exc}") from None
+        if disc.comm.rank == 0 and not args.quiet:
+            log(f"resumed from {args.resume} at step {trainer.step_count}")
+    return trainer, trainer.train()
+
+
+def _report_stop(result, out) -> None:
+    """Rank 0: one line on stderr when a signal stopped the run (and how to continue it)."""
+    from ..outputs.checkpoint import stop_message
+
+    msg = stop_message(result, out)
+    if msg:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _check_lockstep_on_evaluate(trainer) -> None:
@@ -297,9 +375,21 @@ def main(argv=None) -> int:
     from ..comm import mpi_launched
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     # What our parser does not know goes to PETSc (-log_view, -mat_type aijcusparse, ...), the
     # way PETSc programs take options; anything else unknown is an error.
     args, petsc_options = parser.parse_known_args(argv)
+    if args.resume is not None:
+        run_dir = args.resume
+        try:
+            argv = _resume_argv(argv, run_dir)
+        except UserError as exc:
+            from ..comm import world_rank_size
+            if world_rank_size()[0] == 0:  # the same on every rank: said once
+                print(f"error: {exc}", file=sys.stderr)
+            return 2
+        args, petsc_options = parser.parse_known_args(argv)
+        args.resume = run_dir
     if petsc_options and (not petsc_options[0].startswith("-")
                           or any(o.startswith("--") for o in petsc_options)):
         parser.error(f"unrecognized arguments: {' '.join(petsc_options)}")
@@ -316,17 +406,23 @@ def main(argv=None) -> int:
         # job, not leave the others waiting in a collective: every exception aborts the job
         # with "rank R: error: <message>".
         from ..comm import abort_on_exception
+        from ..outputs.checkpoint import exit_status
         with abort_on_exception(code=2):
-            run(args)
-        return 0
-    return _run_reporting(args)
+            done = run(args, argv=argv)
+        return exit_status(done["result"])
+    return _run_reporting(args, argv)
 
 
-def _run_reporting(args) -> int:
+def _run_reporting(args, argv=None) -> int:
     from ..outputs import OutputExistsError
+    from ..outputs.checkpoint import exit_status
     from ..problem import ExpressionError
     try:
-        run(args)
+        return exit_status(run(args, argv=argv)["result"])
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (set-up, writing results): nothing to continue from
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except (UserError, ExpressionError, OutputExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -334,7 +430,6 @@ def _run_reporting(args) -> int:
         # known failure kinds from the library (bad shapes, missing cupy/GPU, files): one line
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,200 @@
+"""Checkpoint files of a training run: what they hold, how they are written and read.
+
+A checkpoint is one ``torch.save`` file of plain data (tensors, lists, dicts, numbers, strings;
+no pickled objects), read back with ``torch.load(..., weights_only=True)`` only, so opening a
+checkpoint never runs code::
+
+    {"format": "dtpinn_dist checkpoint", "version": 1,
+     "state": Trainer.state_dict(),      # network, optimizer state (L-BFGS history, LM damping),
+                                         # RNG, counters, schedule phase, restore point, history,
+                                         # and the run's fingerprint
+     "meta": {...}}                      # the caller's own data (the CLI: its argument list)
+
+The **fingerprint** names what the run trains on: the problem's declaration, a hash of the
+cloud's training nodes, RBF-FD order, method, dtype, rank count and the network's shape. A
+checkpoint whose fingerprint differs from the run it is loaded into is refused with one message
+naming every difference (:func:`compare`): continuing on other data would not be the same run,
+and a different rank count changes the order of the reductions.
+
+Writing is atomic (a temporary file, flushed to disk, then renamed over the old checkpoint): a
+run killed while writing keeps its previous checkpoint. Under MPI rank 0 writes (all ranks hold
+the same state: they are in lockstep) and every rank learns whether it worked; rank 0 reads and
+broadcasts, so ranks need no shared filesystem and never disagree.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["CHECKPOINT_FILE", "FORMAT", "VERSION", "CheckpointError", "CheckpointMismatch",
+           "checkpoint_file", "fingerprint", "compare", "save", "load", "read"]
+
+FORMAT = "dtpinn_dist checkpoint"
+VERSION = 1
+#: A checkpoint's file name inside a run folder.
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or written (missing, damaged, not a checkpoint, disk full)."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint is from a different run (problem, cloud, rank count, network, ...)."""
+
+
+def checkpoint_file(path) -> Path:
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a directory (a run folder)."""
+    p = Path(path)
+    return p / CHECKPOINT_FILE if p.is_dir() else p
+
+
+def _plain(obj):
+    """JSON-shaped copy (tuples -> lists, odd objects -> str): compares the same when saved and
+    when recomputed, and loads with ``weights_only=True``."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def fingerprint(disc, model) -> dict:
+    """What a run trains on, as plain data (see module docstring).
+
+    Parameters
+    ----------
+    disc : Discretization
+    model : torch.nn.Module
+    """
+    info = disc.info
+    config = model.config() if callable(getattr(model, "config", None)) else {}
+    network = {"type": type(model).__name__, **config,
+               "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    return _plain({
+        "problem": disc.problem.describe(),
+        "cloud": {"hash": info.get("cloud_hash"), "n_interior": info.get("n_interior"),
+                  "n_boundary": info.get("n_boundary")},
+        "ranks": disc.comm.size, "order": disc.order, "method": disc.method,
+        "dtype": info.get("dtype"), "network": network})
+
+
+_WHAT = {"problem": "problem", "cloud": "point cloud", "ranks": "rank count",
+         "order": "RBF-FD order", "method": "method", "dtype": "dtype", "network": "network"}
+
+
+def compare(saved: dict, now: dict) -> list[str]:
+    """The differences between two fingerprints, each as ``"what: A in the checkpoint, B now"``
+    (empty when they match)."""
+    out = []
+    for key, what in _WHAT.items():
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if key == "cloud":
+            def size(c):
+                c = c or {}
+                return (f"{c.get('n_interior')}+{c.get('n_boundary')} nodes, hash "
+                        f"{c.get('hash')}")
+            out.append(f"{what}: {size(a)} in the checkpoint, {size(b)} now")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            keys = [k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]
+            if key == "network" and len(keys) > 1:
+                keys.remove("shapes")  # width, depth, ... already say it
+            for k in keys:
+                if k == "shapes":
+                    out.append(f"{what}: parameter shapes differ")
+                else:
+                    out.append(f"{what} {k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now")
+        else:
+            out.append(f"{what}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+def save(path, state: dict, comm, meta: dict | None = None) -> Path:
+    """Write a checkpoint atomically (rank 0 writes; collective: every rank returns or raises).
+
+    Parameters
+    ----------
+    path : path-like
+        The file (or a run folder: ``path/checkpoint.pt``).
+    state : dict
+        :meth:`~dtpinn_dist.optimizer.trainer.Trainer.state_dict`.
+    comm : SerialComm or MPIComm
+    meta : dict, optional
+        Plain data of the caller's, returned by :func:`load` as ``doc["meta"]``.
+
+    Raises
+    ------
+    CheckpointError
+        On every rank, when rank 0 cannot write (the message names the file and the reason).
+    """
+    path = checkpoint_file(path)
+    err = None
+    if comm.rank == 0:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                torch.save({"format": FORMAT, "version": VERSION, "state": state,
+                            "meta": _plain(meta or {})}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            err = f"cannot write checkpoint {path}: {exc.strerror or exc}"
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    err = comm.bcast(err)
+    if err:
+        raise CheckpointError(err)
+    return path
+
+
+def read(path, mmap: bool = False) -> dict:
+    """Read a checkpoint file in this process (``weights_only=True``); ``mmap``: map its tensors
+    instead of reading them (cheap when only ``meta`` is wanted). :class:`CheckpointError` when
+    it is missing, damaged or not a checkpoint. :func:`load` is the collective form."""
+    path = checkpoint_file(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path} (nothing to resume): give the run folder "
+                              f"of a run that wrote one, or its {CHECKPOINT_FILE}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file, so not a checkpoint")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
+            zipfile.BadZipFile) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint "
+                              f"({why})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
+        raise CheckpointError(f"{path} is not a dtpinn_dist checkpoint")
+    if int(doc.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} is a version {doc.get('version')} checkpoint; this "
+                              f"dtpinn_dist reads version {VERSION} and older: upgrade it")
+    return doc
+
+
+def load(path, comm) -> dict:
+    """Read a checkpoint (rank 0 reads with ``weights_only=True``, every rank gets its data).
+
+    Collective. Returns ``{"format", "version", "state", "meta"}``; raises
+    :class:`CheckpointError` on every rank when the file is missing, damaged or not a
+    checkpoint.
+    """
+    path = checkpoint_file(path)
+    doc = err = None
+    if comm.rank == 0:
+        try:
+            doc = read(path)
+        except CheckpointError as exc:
+            err = str(exc)
+    if comm.size > 1:
+        doc, err = comm.bcast((doc, err))
+    if err:
+        raise CheckpointError(err)
+    return doc

@@ -1,0 +1,64 @@
+"""The checkpoint of a run folder: where it lives, what the command line stored in it, and what
+to tell the user when a run stops before its end.
+
+The file format, the fingerprint check and the atomic write are the library's
+(:mod:`dtpinn_dist.optimizer.checkpoint`); this module is the run-folder side used by
+``python -m dtpinn_dist.train --resume DIR`` and the Slurm job that resubmits itself
+(``jobs/train_cpu_resubmit.slurm``):
+
+* ``RUN/checkpoint.pt``, written by rank 0 every ``--checkpoint-every`` steps, when the run
+  stops (budget, Ctrl-C, SIGTERM, Slurm's SIGUSR1 warning) and at the end;
+* its ``meta["argv"]``: the command line that made the run (without ``--resume``), so
+  ``--resume DIR`` alone continues it with the same settings;
+* exit status ``128 + signal`` (130 for Ctrl-C) when a signal stopped the run, as shells do.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from ..optimizer.checkpoint import CHECKPOINT_FILE, CheckpointError, read
+
+__all__ = ["CHECKPOINT_FILE", "checkpoint_path", "read_meta", "stop_message", "exit_status"]
+
+
+def checkpoint_path(run_dir) -> Path:
+    """``run_dir/checkpoint.pt``."""
+    return Path(run_dir) / CHECKPOINT_FILE
+
+
+def read_meta(path, comm) -> dict:
+    """The ``meta`` of a checkpoint (file or run folder), read on rank 0 without loading its
+    tensors (memory-mapped) and broadcast. Collective; :class:`CheckpointError` on every rank
+    when there is no readable checkpoint."""
+    meta = err = None
+    if comm.rank == 0:
+        try:
+            meta = read(path, mmap=True).get("meta", {})
+        except CheckpointError as exc:
+            err = str(exc)
+    if comm.size > 1:
+        meta, err = comm.bcast((meta, err))
+    if err:
+        raise CheckpointError(err)
+    return meta
+
+
+def stop_message(result, run_dir) -> str | None:
+    """One line for a run a signal stopped (None otherwise): where it stopped and how to
+    continue, e.g. ``interrupted at step 40; resume with --resume runs/x``."""
+    if not result.interrupted:
+        return None
+    what = "interrupted" if result.interrupted == "SIGINT" else f"stopped by {result.interrupted}"
+    if result.checkpoint_step is None:
+        return f"{what} at step {result.steps}; no checkpoint was written (start again)"
+    held = "" if result.checkpoint_step == result.steps else \
+        f" (the step in progress was abandoned; the checkpoint holds step {result.checkpoint_step})"
+    return f"{what} at step {result.steps}{held}; resume with --resume {run_dir}"
+
+
+def exit_status(result) -> int:
+    """0, or ``128 + signal number`` when a signal stopped the run (130 for Ctrl-C)."""
+    if not result.interrupted:
+        return 0
+    return 128 + int(getattr(signal, result.interrupted, 0) or 0)
