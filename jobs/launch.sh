@@ -141,11 +141,21 @@ _dtpinn_time_limit_near() {
   if [ -n "$_dtpinn_pid" ]; then  # srun and mpirun pass USR1 on to the ranks
     kill -USR1 "$_dtpinn_pid" 2>/dev/null || true
   fi
+  # the flags without their --out (the continuation gets the run folder as its --out)
+  local args=() skip=0 a
+  for a in ${_dtpinn_args[@]+"${_dtpinn_args[@]}"}; do
+    if [ "$skip" = 1 ]; then skip=0; continue; fi
+    case "$a" in
+      --out) skip=1 ;;
+      --out=*) ;;
+      *) args+=("$a") ;;
+    esac
+  done
   local n="${DTPINN_RESUBMIT_COUNT:-0}" max="${DTPINN_MAX_RESUBMITS:-10}"
   if [ "$n" -ge "$max" ]; then
     echo "dtpinn job ${SLURM_JOB_ID}: not resubmitting: $n continuations already" \
          "(DTPINN_MAX_RESUBMITS=$max); continue by hand: sbatch ${DTPINN_JOB_SCRIPT:-<script>}" \
-         "${_dtpinn_args[*]} --out $_dtpinn_out" >&2
+         "${args[*]} --out $_dtpinn_out" >&2
     return 0
   fi
   # the same shape of allocation (sbatch options given on the command line are not in the
@@ -168,16 +178,6 @@ _dtpinn_time_limit_near() {
   fi
   # shellcheck disable=SC2206  # DTPINN_SBATCH_ARGS: words, as on a command line
   opts+=(${DTPINN_SBATCH_ARGS:-})
-  # the flags without their --out (the continuation gets the run folder as its --out)
-  local args=() skip=0 a
-  for a in ${_dtpinn_args[@]+"${_dtpinn_args[@]}"}; do
-    if [ "$skip" = 1 ]; then skip=0; continue; fi
-    case "$a" in
-      --out) skip=1 ;;
-      --out=*) ;;
-      *) args+=("$a") ;;
-    esac
-  done
   # this job's SLURM_* variables must not reach the next job's srun (SLURM_CONF stays)
   local clean=() v
   for v in $(compgen -e); do

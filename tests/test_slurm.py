@@ -103,7 +103,7 @@ class Cluster:
         self.node = socket.gethostname().split(".")[0]
         self.procs = []
         self.conf = self.dir / "slurm.conf"
-        for sub in ("state", "spool", "log", "jobs"):
+        for sub in ("state", "spool", "log", "jobs", "tmp"):
             (self.dir / sub).mkdir()
         # The jobs see this environment (sbatch exports it): none of an outer Slurm's or MPI's
         # variables, and the job scripts' own knobs at their defaults (.venv/, srun with pmix).
@@ -152,6 +152,8 @@ class Cluster:
         d = self.dir
         (d / "plugstack.conf").write_text("")  # no SPANK plugins from /etc/slurm
         # CPUs=2 whatever the machine has (config_overrides): the test needs 2 task slots.
+        # TmpFS: srun's PMIx plugin makes /tmp/spmix_appdir_<uid>_<job>.<step> there; in /tmp,
+        # two test clusters on one machine (both start at job 1) collided on it.
         self.conf.write_text(f"""\
 ClusterName=dtpinntest
 SlurmctldHost={self.node}(127.0.0.1)
@@ -164,6 +166,7 @@ CredType=cred/munge
 AuthInfo=socket={sock}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
+TmpFS={d}/tmp
 SlurmctldPidFile={d}/slurmctld.pid
 SlurmdPidFile={d}/slurmd.pid
 SlurmctldLogFile={d}/log/slurmctld.log
