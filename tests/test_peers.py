@@ -18,8 +18,9 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed with the package
 from benchmarks.peers import deepxde_runner as R  # noqa: E402
 
 RESULT_KEYS = {"tool", "settings", "versions", "machine", "lbfgs", "counts", "best_rel_l2",
-               "time_to_best_s", "iteration_at_best", "final_rel_l2", "time_to_error_s",
-               "train_time_s", "eval_time_s", "iterations", "func_evals", "extra_evals",
+               "time_to_best_s", "cpu_to_best_s", "iteration_at_best", "final_rel_l2",
+               "time_to_error_s", "time_to_error_cpu_s", "train_time_s", "train_cpu_s",
+               "eval_time_s", "iterations", "func_evals", "extra_evals", "extra_eval_time_s",
                "stop_reason", "history"}
 
 
@@ -84,11 +85,13 @@ def test_short_run_trains_and_reports(dde, ref, tmp_path):
     h = res["history"]
     assert h[0]["iteration"] == 0 and h[0]["train_time_s"] == 0.0
     assert all(b["train_time_s"] > a["train_time_s"] for a, b in zip(h, h[1:]))
+    assert all(b["train_cpu_s"] >= a["train_cpu_s"] for a, b in zip(h, h[1:]))
     assert res["train_time_s"] >= 4.0 and res["stop_reason"].startswith("time budget")
     # a few seconds of L-BFGS take the Glorot-initialised network (error ~1) well below it
     assert res["best_rel_l2"] < 0.3 * h[0]["rel_l2"]
     assert res["best_rel_l2"] == min(r["rel_l2"] for r in h)
     assert set(res["time_to_error_s"]) == {repr(0.05), repr(1e-3), repr(1e-4)}
+    assert set(res["time_to_error_cpu_s"]) == set(res["time_to_error_s"])
     # the existing report is kept unless --overwrite
     assert R.main(["--n", "582", "--json", str(out), "--quiet"]) == 2
 
