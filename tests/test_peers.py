@@ -104,8 +104,8 @@ def test_chunks_replay_deepxde_train_bitwise(dde, ref):
     """
     import torch
 
-    cfg = R.RunConfig(n=582, max_iter=12, time_budget=1e9, chunk_seconds=1e-9, verbose=False,
-                      record_loss=False)
+    cfg = R.RunConfig(n=582, max_iter=12, time_budget=1e9, chunk_seconds=1e-9, eval_ratio=0,
+                      verbose=False, record_loss=False)
     res, mine = R.train_model(cfg)
     assert res["stop_reason"].startswith("max_iter") and res["extra_evals"] > 5
     with R.deepxde_settings(dde, cfg.validate()):
