@@ -680,20 +680,25 @@ def main(argv=None) -> int:
                     help="clock of --time: wall seconds, or process CPU seconds (loaded machine)")
     ap.add_argument("--targets", type=_floats, default=(),
                     help="errors to time, comma separated (1e-3 and 1e-4 are always timed)")
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the Glorot weights")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch threads")
     ap.add_argument("--chunk-seconds", type=float, default=d.chunk_seconds,
                     help="training seconds between test-error evaluations")
+    ap.add_argument("--eval-ratio", type=float, default=d.eval_ratio,
+                    help="a chunk trains at least this many times as long as an evaluation takes")
     ap.add_argument("--max-iter", type=int, default=d.max_iter,
                     help="DeepXDE's L-BFGS maxiter (its default 15000); 0: DeepXDE's setting")
-    ap.add_argument("--pde-points", default=d.pde_points, choices=("all", "interior"))
-    ap.add_argument("--heat-test", default=d.heat_test, choices=("collocation", "large"))
-    ap.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
+    ap.add_argument("--pde-points", default=d.pde_points, choices=("all", "interior"),
+                    help="PDE residual at all nodes (DeepXDE's usage, eq. (12)) or interior only")
+    ap.add_argument("--heat-test", default=d.heat_test, choices=("collocation", "large"),
+                    help="heat test points: the nodes or the 21748-point set, every slice")
+    ap.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"),
+                    help="DeepXDE's float type (its default float32)")
     ap.add_argument("--ref-dir", default=None, help="folder of the authors' .mat node sets")
     ap.add_argument("--no-loss", action="store_true", help="do not record the training loss")
     ap.add_argument("--json", default=None, help="write the result here")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a = ap.parse_args(argv)
     try:
         if a.json and Path(a.json).exists() and not a.overwrite:
@@ -701,6 +706,7 @@ def main(argv=None) -> int:
         cfg = RunConfig(problem=a.problem, n=a.n, time_budget=a.time_budget,
                         budget_clock=a.budget_clock, seed=a.seed,
                         threads=a.threads, targets=a.targets, chunk_seconds=a.chunk_seconds,
+                        eval_ratio=a.eval_ratio,
                         max_iter=a.max_iter, pde_points=a.pde_points, heat_test=a.heat_test,
                         dtype=a.dtype, ref_dir=a.ref_dir, record_loss=not a.no_loss,
                         verbose=not a.quiet)
