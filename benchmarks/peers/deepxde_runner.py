@@ -469,7 +469,9 @@ def train_model(cfg: RunConfig):
                   "source": "deepxde.optimizers.config.LBFGS_options (set_LBFGS_options "
                             "defaults, maxiter from the settings unless 0)"},
     })
-    say(f"[deepxde {cfg.problem} N={cfg.n}] best rel L2 {result['best_rel_l2']:.3e} at "
+    best = result["best_rel_l2"]
+    say(f"[deepxde {cfg.problem} N={cfg.n}] best rel L2 "
+        f"{'n/a' if best is None else format(best, '.3e')} at "
         f"{result['time_to_best_s']:.1f} s (cpu {result['cpu_to_best_s']:.1f} s, iteration "
         f"{result['iteration_at_best']}); {result['iterations']} iterations in "
         f"{result['train_time_s']:.1f} s training (cpu {result['train_cpu_s']:.1f} s); "
@@ -639,8 +641,9 @@ def _train(model, cfg: RunConfig, opts: dict, test_pts: np.ndarray, say) -> dict
             k_next = int(max(1, min(iter_per_call, round(chunk / sec_it),
                                     math.ceil(left / sec_it) if left > 0 else 1)))
 
-    finally:
+    finally:  # the model leaves with DeepXDE's own per-call limits
         timer.remove()
+        group["max_iter"], group["max_eval"] = iter_per_call, evals_per_call
     errs = [(h["rel_l2"], i) for i, h in enumerate(history) if h["rel_l2"] is not None]
     best, ib = min(errs) if errs else (None, 0)
     return {"best_rel_l2": best, "time_to_best_s": history[ib]["train_time_s"],
