@@ -1,8 +1,9 @@
 """DeepXDE, the peer baseline: relative L2 error against training time on the paper's problems.
 
-Runs DeepXDE (PyTorch backend) with its own defaults -- fp32, a ``4 x 50`` tanh ``FNN`` with
-"Glorot uniform" weights and zero biases, its mean-squared-error loss per term summed with unit
-weights, and its L-BFGS: ``torch.optim.LBFGS`` with the options of
+Runs DeepXDE (PyTorch backend) with its own defaults -- fp32, a ``4 x 50`` tanh ``FNN`` (the
+paper's network) with "Glorot uniform" weights (the initializer of DeepXDE's examples; ``FNN``
+has no default) and zero biases, its mean-squared-error loss per term summed with unit weights,
+and its L-BFGS: ``torch.optim.LBFGS`` with the options of
 ``deepxde.optimizers.set_LBFGS_options()`` (history 100, ``tolerance_change = ftol = 0``,
 ``tolerance_grad = gtol = 1e-8``, ``maxiter = 15000``, strong-Wolfe line search, ``lr = 1``, at most
 1000 iterations and 1250 function evaluations per ``optimizer.step`` call) -- on the problems,
