@@ -70,8 +70,9 @@ def test_manufactured_data_match_sympy(problem):
 
 def test_short_run_trains_and_reports(dde, ref, tmp_path):
     out = tmp_path / "dx.json"
-    rc = R.main(["--n", "582", "--time", "4", "--targets", "5e-2", "--json", str(out),
-                 "--quiet"])
+    # 3 CPU seconds (not wall): the same work however loaded the machine is
+    rc = R.main(["--n", "582", "--time", "3", "--budget-clock", "cpu", "--targets", "5e-2",
+                 "--json", str(out), "--quiet"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert RESULT_KEYS <= set(res)
@@ -86,9 +87,10 @@ def test_short_run_trains_and_reports(dde, ref, tmp_path):
     assert h[0]["iteration"] == 0 and h[0]["train_time_s"] == 0.0
     assert all(b["train_time_s"] > a["train_time_s"] for a, b in zip(h, h[1:]))
     assert all(b["train_cpu_s"] >= a["train_cpu_s"] for a, b in zip(h, h[1:]))
-    assert res["train_time_s"] >= 4.0 and res["stop_reason"].startswith("time budget")
-    # a few seconds of L-BFGS take the Glorot-initialised network (error ~1) well below it
-    assert res["best_rel_l2"] < 0.3 * h[0]["rel_l2"]
+    assert res["train_cpu_s"] >= 3.0 and res["stop_reason"].startswith("time budget")
+    assert res["train_time_s"] >= res["train_cpu_s"] * 0.9  # one thread: cpu <~ wall
+    # ~100 L-BFGS iterations take the Glorot-initialised network (error ~1) to a few percent
+    assert h[0]["rel_l2"] > 0.5 and res["best_rel_l2"] < 0.1 * h[0]["rel_l2"]
     assert res["best_rel_l2"] == min(r["rel_l2"] for r in h)
     assert set(res["time_to_error_s"]) == {repr(0.05), repr(1e-3), repr(1e-4)}
     assert set(res["time_to_error_cpu_s"]) == set(res["time_to_error_s"])
