@@ -266,8 +266,13 @@ def import_deepxde(quiet: bool):
         raise PeerInputError("DeepXDE cannot be imported under mpirun (its PyTorch backend "
                              "refuses Open MPI's environment); run the DeepXDE peer in a plain, "
                              "single process")
-    if "deepxde" not in sys.modules:
+    global _DDE_DEVICE
+    first = "deepxde" not in sys.modules
+    if first:
         os.environ.setdefault("DDE_BACKEND", "pytorch")
+    import torch
+
+    before = torch.get_default_device()
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink if quiet else sys.stdout), \
@@ -277,10 +282,19 @@ def import_deepxde(quiet: bool):
         raise DeepXDEUnavailable(f"DeepXDE is not importable ({e}); install it with "
                                  f"`pip install deepxde=={DEEPXDE_VERSION_TESTED}` (the "
                                  "benchmark extra) next to torch") from e
+    if first:
+        # DeepXDE's import makes CUDA (or MPS) torch's default device for the whole process;
+        # keep its choice for our runs only (deepxde_settings) and give the process its own back
+        _DDE_DEVICE = torch.get_default_device()
+        if _DDE_DEVICE != before:
+            torch.set_default_device(None if before.type == "cpu" else before)
     if dde.backend.backend_name != "pytorch":
         raise PeerInputError(f"DeepXDE runs with backend {dde.backend.backend_name!r}; set "
                              "DDE_BACKEND=pytorch before it is first imported")
     return dde
+
+
+_DDE_DEVICE = None  # the default device DeepXDE chose at import (cuda when available)
 
 
 def _space_time(X: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -396,7 +410,7 @@ def _first_time_below(history, target, key="train_time_s"):
 
 @contextlib.contextmanager
 def deepxde_settings(dde, cfg: RunConfig):
-    """Threads, DeepXDE's float type and L-BFGS options for one run; restored on exit.
+    """Threads, DeepXDE's device and float type and L-BFGS options for one run; restored on exit.
 
     Yields the L-BFGS options in force (DeepXDE's ``LBFGS_options``: ``maxcor``, ``ftol``,
     ``gtol``, ``maxiter``, ``maxfun``, ``maxls`` and the per-call ``iter_per_step``,
@@ -405,6 +419,7 @@ def deepxde_settings(dde, cfg: RunConfig):
     import torch
 
     prev_threads, prev_dtype = torch.get_num_threads(), torch.get_default_dtype()
+    prev_device = torch.get_default_device()
     prev_float = dde.config.default_float()
     options = dde.optimizers.config.LBFGS_options
     prev_options = dict(options)
@@ -412,6 +427,8 @@ def deepxde_settings(dde, cfg: RunConfig):
     try:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
+        if _DDE_DEVICE is not None and _DDE_DEVICE != prev_device:
+            torch.set_default_device(_DDE_DEVICE)
         with contextlib.redirect_stdout(sink):
             dde.config.set_default_float(cfg.dtype)
         if cfg.max_iter:
@@ -428,6 +445,8 @@ def deepxde_settings(dde, cfg: RunConfig):
             dde.config.set_default_float(prev_float)
         torch.set_default_dtype(prev_dtype)
         torch.set_num_threads(prev_threads)
+        if torch.get_default_device() != prev_device:
+            torch.set_default_device(None if prev_device.type == "cpu" else prev_device)
 
 
 def build_model(dde, cfg: RunConfig):
