@@ -100,6 +100,16 @@ class Discretization:
         return {"ic": math.sqrt(s.n_collocation), "pde": pde,
                 "bc": math.sqrt(m * s.n_boundary) if s.n_boundary else 1.0}
 
+    @property
+    def network_points(self) -> int:
+        """Points the network is evaluated at per loss evaluation (this rank): all nodes times
+        the time slices (DT), or the interior, boundary (and initial) points (vanilla)."""
+        d = self.data
+        if self.method == "dt":
+            return len(d["X"]) * self.m
+        n = (len(d["inner_idx"]) + len(d["bnd_idx"])) * self.m
+        return n + (len(d["rows_idx"]) if self.time_dependent else 0)
+
     # ------------------------------------------------------------------ network values
     def _space_time(self, X: torch.Tensor):
         """Slice-major stack of ``(X, t_k)``: ((Nt+1) n, d+1) input and its time column."""

@@ -193,6 +193,12 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     tags, names = _cloud_parts(cloud)
     by_tag = _match_parts(an.bcs, tags, names)
     dim, time_dep = cloud.dim, problem.time_dependent
+    from ..resources import check_memory
+    # f, g, u0 and the coordinates at every row and time slice (a few arrays each), checked
+    # before anything of that size is built
+    check_memory(8 * 8.0 * cloud.n_nodes * len(problem.times),
+                 f"the data of {cloud.n_nodes} nodes x {len(problem.times)} time slice(s)",
+                 fix="use fewer nodes or time steps (nt), or more ranks")
     space = list(AXES[:dim])
     tnames = ["t"] if time_dep else []
     nrm = ["n" + a for a in space]

@@ -304,13 +304,18 @@ def main(argv=None) -> int:
                           or any(o.startswith("--") for o in petsc_options)):
         parser.error(f"unrecognized arguments: {' '.join(petsc_options)}")
     if petsc_options:
+        # PETSc programs take single-dash options; they only mean something to the PETSc backend
+        petsc_run = args.backend == "petsc" or (args.backend is None and mpi_launched())
+        if not petsc_run:
+            print(f"error: PETSc options {' '.join(petsc_options)} need the PETSc backend: add "
+                  "--backend petsc (or run under mpirun); trainer flags take two dashes",
+                  file=sys.stderr)
+            return 2
+        if "-options_left" not in petsc_options:  # PETSc warns about options nobody used
+            petsc_options = petsc_options + ["-options_left"]
         # PETSc reads these at initialisation (-log_view, -mat_type aijcusparse, ...)
         os.environ["PETSC_OPTIONS"] = " ".join(
             [os.environ.get("PETSC_OPTIONS", "")] + petsc_options).strip()
-        if args.backend not in (None, "petsc"):
-            print(f"error: PETSc options {' '.join(petsc_options)} need --backend petsc",
-                  file=sys.stderr)
-            return 2
     if mpi_launched():
         # An error on one rank (rank 0 alone claims --out, reads files, ...) must end the whole
         # job, not leave the others waiting in a collective: every exception aborts the job
@@ -324,14 +329,13 @@ def main(argv=None) -> int:
 
 def _run_reporting(args) -> int:
     from ..outputs import OutputExistsError
-    from ..problem import ExpressionError
     try:
         run(args)
-    except (UserError, ExpressionError, OutputExistsError) as exc:
+    except (ValueError, OutputExistsError) as exc:  # bad input, in the library's words
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, ImportError, OSError) as exc:
-        # known failure kinds from the library (bad shapes, missing cupy/GPU, files): one line
+    except (RuntimeError, ImportError, OSError) as exc:
+        # known failure kinds from the library (missing cupy/GPU, files): one line
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
