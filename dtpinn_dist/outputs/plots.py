@@ -105,9 +105,10 @@ def write_plots(folder, fields: SolutionFields, history: list, created=None) -> 
     note(folder / "solution.png")
     written.append(_save(plt, fig, folder / "solution.png"))
     if fields.u_exact is not None:
-        fig = _field_figure(plt, fields.points, [(f"|u - u_exact|{s}", np.abs(u - ue))
-                                                 for s, u, ue in picked], "|error|", "magma")
-        fig.suptitle(f"relative L2 error {fields.rel_l2:.3e}", fontsize=11)
+        panels = [(f"|u - u_exact|{s}" + (f" (relative L2 {fields.rel_l2:.2e})" if k == 0
+                                           else ""), np.abs(u - ue))
+                  for k, (s, u, ue) in enumerate(picked)]
+        fig = _field_figure(plt, fields.points, panels, "|error|", "plasma")
         note(folder / "error.png")
         written.append(_save(plt, fig, folder / "error.png"))
     if history:

@@ -446,7 +446,8 @@ def _write_config(rundir, args, cloud_desc, problem, trainer) -> None:
 
 def _version() -> str:
     # the package is imported by now (this module is inside it); no import going up the layers
-    return getattr(sys.modules.get(__name__.split(".")[0]), "__version__", "?")
+    top = sys.modules.get((__package__ or "dtpinn_dist").split(".")[0])
+    return getattr(top, "__version__", "?")
 
 
 def _progress_on_evaluate(trainer, log) -> None:

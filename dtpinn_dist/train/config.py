@@ -166,8 +166,9 @@ def _check_value(parser, dest: str, value, where: str):
         return [_typed(v, action.type or str, where) for v in value]
     value = _typed(value, action.type or str, where)
     if action.choices is not None and value not in action.choices:
+        hint = _closest(str(value), action.choices)
         raise ConfigFileError(f"{where} = {value!r}: use one of "
-                              f"{', '.join(map(str, action.choices))}{_closest(str(value), action.choices)}")
+                              f"{', '.join(map(str, action.choices))}{hint}")
     return value
 
 
@@ -212,11 +213,16 @@ def _flatten(doc: dict, parser, base: Path) -> dict:
     """dest -> value of everything the file sets (checked)."""
     out = {}
     for table, body in doc.items():
+        if not isinstance(body, dict):
+            home = [t for t, sc in SCHEMA.items() if sc and table in sc]
+            raise ConfigFileError(
+                f"key {table!r} is outside any table; put it under its table, e.g. "
+                f"[{home[0]}] {table} = ..." if home else
+                f"unknown key {table!r} outside any table; settings go in the tables "
+                f"{', '.join(SCHEMA)}")
         if table not in SCHEMA:
             raise ConfigFileError(f"unknown table [{table}]; the tables are "
                                   f"{', '.join(SCHEMA)}{_closest(table, SCHEMA)}")
-        if not isinstance(body, dict):
-            raise ConfigFileError(f"{table} must be a table ([{table}]), got {body!r}")
         if table == "bc":
             out["bc_table"] = {str(p): _condition(p, c, f'bc.{p}' if p.isidentifier()
                                                   else f'bc."{p}"') for p, c in body.items()}
@@ -256,7 +262,11 @@ def apply_config(parser, path) -> dict:
     """Read ``path`` and set its values as the parser's defaults (flags then override them).
     Returns dest -> value of what the file set."""
     p = Path(path)
-    values = _flatten(read_config(p), parser, p.resolve().parent)
+    doc = read_config(p)
+    try:
+        values = _flatten(doc, parser, p.resolve().parent)
+    except ConfigFileError as exc:
+        raise ConfigFileError(f"{p}: {exc}") from None
     values["config_path"] = str(p)
     parser.set_defaults(**values)
     return values
