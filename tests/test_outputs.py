@@ -86,7 +86,7 @@ def test_serial_run_folder_and_rerun_from_its_config(tmp_path):
     lines = p.stdout.splitlines()
     c = m["settings"]["cloud"]
     assert lines[0].startswith("cloud: generated disk") and f"N = Ni + Nb = {c['N']}" in lines[0]
-    assert "asked for N = 150" in lines[0]
+    assert "asked for 150" in lines[0]
     assert lines[1].startswith(f"test set: {c['test']['n']} points")
     assert p.stdout.count("cloud:") == 1
     # re-runnable as is: the same history, bit for bit
@@ -239,3 +239,33 @@ def test_run_folder_under_mpirun(mpirun, tmp_path):
     assert m["settings"]["backend"] == "petsc"
     assert res.stdout.count("cloud: generated disk") == 1
     assert res.stdout.count("wrote metrics.json") == 1
+
+
+def test_banner_names_the_cloud_source(tmp_path, capsys, monkeypatch, shared_reference):
+    """The default run says which cloud it trains on: the authors' file (N = 1663 exactly, their
+    21748-point test set) or, when that file is not found, a generated disk and why."""
+    from dtpinn_dist.train.__main__ import main as train
+
+    common = ["--steps", "1", "--width", "8", "--depth", "2", "--threads", "1"]
+    monkeypatch.setenv("DTPINN_REFERENCE_DIR", str(shared_reference))
+    assert train([*common, "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"cloud: the authors' DiskPoissonNodes.mat (the set with N = 1663) from "
+                        f"{shared_reference} (DTPINN_REFERENCE_DIR): N = Ni + Nb = 1663 "
+                        "(Ni = 1533, Nb = 130)")
+    assert lines[1].startswith("test set: 21748 points, the nodes of") and "last set" in lines[1]
+    s = json.loads((tmp_path / "a" / "metrics.json").read_text())["settings"]
+    assert s["n_collocation"] == 1663 and s["n_test"] == 21748
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("DTPINN_REFERENCE_DIR", str(empty))
+    assert train([*common, "--out", str(tmp_path / "g")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    s = json.loads((tmp_path / "g" / "metrics.json").read_text())["settings"]
+    # the generated disk has N close to, not equal to, the 1663 asked for: both are recorded
+    assert lines[0] == (f"cloud: generated disk (seed 0): N = Ni + Nb = {s['n_collocation']} "
+                        f"(Ni = {s['n_interior']}, Nb = {s['n_boundary']}; asked for 1663)")
+    assert s["cloud"]["n_requested"] == 1663 and abs(s["n_collocation"] - 1663) < 50
+    assert lines[1].startswith(f"  why generated: the authors' DiskPoissonNodes.mat was not "
+                               f"found in {empty} (DTPINN_REFERENCE_DIR)")
+    assert lines[2].startswith(f"test set: {s['n_test']} points generated")

@@ -34,14 +34,14 @@ class UserError(ValueError):
 
 
 def _reference_candidates() -> list[tuple[Path, str]]:
-    """Where the authors' node sets are looked for, in order, with how each place was chosen."""
-    cands = []
+    """Where the authors' node sets are looked for, with how that place was chosen:
+    ``$DTPINN_REFERENCE_DIR`` alone when it is set, else ``shared/reference`` beside the
+    repository (the project's layout)."""
     env = os.environ.get("DTPINN_REFERENCE_DIR")
     if env:
-        cands.append((Path(env), "DTPINN_REFERENCE_DIR"))
-    cands.append((Path(__file__).resolve().parents[3] / "shared" / "reference",
-                  "shared/reference beside the repository"))
-    return cands
+        return [(Path(env), "DTPINN_REFERENCE_DIR")]
+    return [(Path(__file__).resolve().parents[3] / "shared" / "reference",
+             "shared/reference beside the repository")]
 
 
 def _reference_dir() -> Path | None:
@@ -55,7 +55,7 @@ def _reference_dir() -> Path | None:
 def _reference_missing() -> str:
     """Why the default run does not use the authors' cloud (for the banner)."""
     looked = "; ".join(f"{c} ({how})" for c, how in _reference_candidates())
-    return (f"the authors' {AUTHORS_FILE} was not found (looked in {looked}); set "
+    return (f"the authors' {AUTHORS_FILE} was not found in {looked}; set "
             "DTPINN_REFERENCE_DIR to the folder holding it to train on the authors' cloud")
 
 
@@ -183,10 +183,10 @@ def _load_cloud(args, time_dependent: bool):
                 raise UserError(f"--n-points {n} is too small; use at least 20")
             domain = build_domain(args.domain, getattr(args, "domain_params", None))
             cloud = make_cloud(domain, n=n, seed=args.seed)
-            why = f" ({_reference_missing()})" if default_src else ""
             desc = {"kind": "generated", "domain": args.domain, "n_requested": int(n),
-                    "seed": args.seed, "text": f"generated {args.domain}, seed {args.seed}, "
-                                               f"asked for N = {n}{why}"}
+                    "seed": args.seed, "text": f"generated {args.domain} (seed {args.seed})"}
+            if default_src:
+                desc["why"] = _reference_missing()
     desc.update(N=cloud.n_interior + cloud.n_boundary, Ni=cloud.n_interior,
                 Nb=cloud.n_boundary, time_dependent=bool(time_dependent))
     cloud.test, desc["test"] = _test_set(args, cloud, desc, time_dependent)
@@ -228,12 +228,16 @@ def _test_set(args, cloud, desc, time_dependent):
 
 def cloud_banner(desc: dict) -> list[str]:
     """Two banner lines: the cloud's source (and why), sizes; the test set."""
+    asked = f"; asked for {desc['n_requested']}" if desc.get("n_requested") else ""
     lines = [f"cloud: {desc['text']}: N = Ni + Nb = {desc['N']} (Ni = {desc['Ni']}, "
-             f"Nb = {desc['Nb']})"]
+             f"Nb = {desc['Nb']}{asked})"]
+    if desc.get("why"):
+        lines.append(f"  why generated: {desc['why']}")
     t = desc.get("test") or {}
     kind = t.get("kind")
     if kind == "file":
-        which = "" if t.get("index") is None else f", set {t['index']}"
+        which = "" if t.get("index") is None else \
+            ", its last set" if t["index"] == -1 else f", set {t['index']}"
         lines.append(f"test set: {t['n']} points, the nodes of {t['path']}{which}")
     elif kind == "generated":
         lines.append(f"test set: {t['n']} points generated independently (asked for "
