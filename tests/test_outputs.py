@@ -229,11 +229,14 @@ def test_progress_bar_on_a_terminal(tmp_path):
 
 
 def test_run_folder_under_mpirun(mpirun, tmp_path):
-    """Two ranks: one folder written by rank 0, the same files, one banner; the saved model
-    reproduces the saved solution."""
+    """Two ranks, settings from a config file (read on rank 0) and flags: one folder written by
+    rank 0, the same files, one banner; the saved model reproduces the saved solution."""
+    cfg = tmp_path / "small.toml"
+    cfg.write_text('[cloud]\nn_points = 150\ntest_points = 300\n[network]\nwidth = 12\n'
+                   'depth = 2\n[training]\nsteps = 3\neval_every = 1\n')
     out = tmp_path / "mpi"
-    res = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", *SMALL, "--out", out],
-                 timeout=600, cwd=ROOT)
+    res = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", "--config", cfg, "--threads", "1",
+                     "--out", out], timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     m = _check_run_folder(out, ranks=2)
     assert m["settings"]["backend"] == "petsc"

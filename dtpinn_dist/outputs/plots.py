@@ -31,7 +31,7 @@ def _pyplot():
 
 def _save(plt, fig, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=120)  # tight_layout already: no second drawing
     plt.close(fig)
     with atomic_write(path, "wb", what="plot") as fh:
         fh.write(buf.getvalue())
@@ -68,7 +68,7 @@ def _field_figure(plt, P: np.ndarray, panels, label: str, cmap: str):
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.set_title(title, fontsize=10)
-        fig.colorbar(sc, ax=ax, shrink=0.8, label=label)
+        fig.colorbar(sc, ax=ax, shrink=0.8, label=label, pad=0.12 if three_d else 0.05)
     fig.tight_layout()
     return fig
 
@@ -105,8 +105,9 @@ def write_plots(folder, fields: SolutionFields, history: list, created=None) -> 
     note(folder / "solution.png")
     written.append(_save(plt, fig, folder / "solution.png"))
     if fields.u_exact is not None:
-        panels = [(f"|u - u_exact|{s}" + (f" (relative L2 {fields.rel_l2:.2e})" if k == 0
-                                           else ""), np.abs(u - ue))
+        overall = " over all times" if fields.time_dependent else ""
+        panels = [(f"|u - u_exact|{s}" + (f" (relative L2{overall} {fields.rel_l2:.2e})"
+                                           if k == 0 else ""), np.abs(u - ue))
                   for k, (s, u, ue) in enumerate(picked)]
         fig = _field_figure(plt, fields.points, panels, "|error|", "plasma")
         note(folder / "error.png")

@@ -362,13 +362,15 @@ def run(args, log=None) -> dict:
             _write_config(rundir, args, cloud_desc, problem, trainer)
     except BaseException:
         if rundir is not None:
+            if hasattr(log, "close"):
+                log.close()
             rundir.abandon()  # failed before training: leave nothing behind
         raise
     try:
         if args.check_lockstep and comm.size > 1:
             _check_lockstep_on_evaluate(trainer)
         _progress_on_evaluate(trainer, log)
-        if comm.rank == 0:
+        if comm.rank == 0 and hasattr(log, "start"):
             log.start(sum(n for _, n in trainer.phases))
         result = trainer.train()
         if hasattr(log, "close_bar"):
@@ -381,6 +383,7 @@ def run(args, log=None) -> dict:
             rundir.release()
         if comm.rank == 0 and hasattr(log, "close"):
             log.close()
+    # rank 0 knows the folder; the other ranks return at once (no collective after training)
     return {"out": str(rundir.path) if rundir is not None else None, "result": result,
             "paths": paths}
 
