@@ -143,6 +143,10 @@ def test_resolved_config_pins_the_cloud(tmp_path):
     doc, _ = resolved_config(args, desc)
     assert doc["cloud"] == {"nodes": "/ref/DiskPoissonNodes.mat", "n": 1663,
                             "test_nodes": "/ref/L.mat", "test_index": -1}
+    desc = {"kind": "file", "path": "/data/c.mat", "index": None, "n_select": 828,
+            "test": {"kind": "none", "n": 0}}
+    doc, _ = resolved_config(args, desc)
+    assert doc["cloud"] == {"nodes": "/data/c.mat", "n": 828}
 
 
 def test_example_file_runs_and_its_resolved_config_reproduces_it(tmp_path, capsys):

@@ -160,6 +160,8 @@ def _load_cloud(args, time_dependent: bool):
             cloud = load_cloud(args.nodes, index=args.index, n=nodes_n)
         except (OSError, KeyError) as exc:
             raise UserError(f"cannot read point cloud {args.nodes}: {exc}") from None
+        except ValueError as exc:  # the loaders' one-line messages name the file
+            raise UserError(str(exc)) from None
         desc = {"kind": "file", "path": str(Path(args.nodes).resolve()), "index": args.index,
                 "n_select": nodes_n, "text": f"{args.nodes}"
                 + (f" (set with N = {nodes_n})" if nodes_n else
@@ -204,8 +206,8 @@ def _test_set(args, cloud, desc, time_dependent):
     if test_nodes is not None:
         try:
             t = load_cloud(test_nodes, index=getattr(args, "test_index", None), ghost=False)
-        except OSError as exc:
-            raise UserError(f"cannot read test nodes {test_nodes}: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"test nodes: {exc}") from None
         return t.collocation, {"kind": "file", "path": str(Path(test_nodes).resolve()),
                                "index": getattr(args, "test_index", None),
                                "n": len(t.collocation)}

@@ -401,9 +401,11 @@ def resolved_config(args, cloud_desc: dict, problem=None, lrs=None) -> tuple[dic
         cloud = {"nodes": cloud_desc["path"]}
         if cloud_desc.get("index") is not None:
             cloud["index"] = int(cloud_desc["index"])
+        if cloud_desc.get("n_select") is not None:
+            cloud["n"] = int(cloud_desc["n_select"])
     else:
         cloud = {"n_points": int(cloud_desc["n_requested"]), "domain": args.domain}
-        if args.domain_params:
+        if getattr(args, "domain_params", None):
             cloud["domain"] = {"type": args.domain, **args.domain_params}
     test = cloud_desc.get("test") or {}
     if test.get("kind") == "file":
