@@ -115,7 +115,7 @@ def test_checkpoint_holds_the_state_and_is_written_periodically(cloud, tmp_path)
     assert st["fingerprint"]["ranks"] == 1 and st["fingerprint"]["order"] == 4
     assert st["fingerprint"]["cloud"]["hash"] == disc.info["cloud_hash"]
     assert [h["step"] for h in st["history"]] == [0, 1, 2, 3, 4, 5]
-    assert not (path / "checkpoint.pt.tmp").exists()
+    assert sorted(p.name for p in path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
 
 
 def _saved(cloud, tmp_path, **kw):

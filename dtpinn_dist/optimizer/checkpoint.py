@@ -16,20 +16,22 @@ checkpoint whose fingerprint differs from the run it is loaded into is refused w
 naming every difference (:func:`compare`): continuing on other data would not be the same run,
 and a different rank count changes the order of the reductions.
 
-Writing is atomic (a temporary file, flushed to disk, then renamed over the old checkpoint): a
-run killed while writing keeps its previous checkpoint. Under MPI rank 0 writes (all ranks hold
+Writing is atomic (:func:`dtpinn_dist.atomic.atomic_write`: a temporary file beside it, flushed to
+disk, then renamed over the old checkpoint): a run killed while writing keeps its previous
+checkpoint, and a failed write (full disk) leaves no temporary file. Under MPI rank 0 writes (all ranks hold
 the same state: they are in lockstep) and every rank learns whether it worked; rank 0 reads and
 broadcasts, so ranks need no shared filesystem and never disagree.
 """
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+
+from ..atomic import OutputError, atomic_write
 
 __all__ = ["CHECKPOINT_FILE", "FORMAT", "VERSION", "CheckpointError", "CheckpointMismatch",
            "checkpoint_file", "fingerprint", "compare", "save", "load", "read"]
@@ -133,21 +135,15 @@ def save(path, state: dict, comm, meta: dict | None = None) -> Path:
     path = checkpoint_file(path)
     err = None
     if comm.rank == 0:
-        tmp = path.with_name(path.name + ".tmp")
+        doc = {"format": FORMAT, "version": VERSION, "state": state, "meta": _plain(meta or {})}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                torch.save({"format": FORMAT, "version": VERSION, "state": state,
-                            "meta": _plain(meta or {})}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
+            with atomic_write(path, "wb", what="checkpoint") as fh:
+                torch.save(doc, fh)
+        except OSError as exc:  # the folder cannot be made
             err = f"cannot write checkpoint {path}: {exc.strerror or exc}"
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+        except OutputError as exc:  # atomic_write's one line: the file, the cause, the fix
+            err = str(exc)
     err = comm.bcast(err)
     if err:
         raise CheckpointError(err)

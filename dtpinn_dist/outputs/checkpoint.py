@@ -1,5 +1,5 @@
-"""The checkpoint of a run folder: where it lives, what the command line stored in it, and what
-to tell the user when a run stops before its end.
+"""The checkpoint of a run folder: where it lives, and what to tell the user when a run stops
+before its end.
 
 The file format, the fingerprint check and the atomic write are the library's
 (:mod:`dtpinn_dist.optimizer.checkpoint`); this module is the run-folder side used by
@@ -8,8 +8,8 @@ The file format, the fingerprint check and the atomic write are the library's
 
 * ``RUN/checkpoint.pt``, written by rank 0 every ``--checkpoint-every`` steps, when the run
   stops (budget, Ctrl-C, SIGTERM, Slurm's SIGUSR1 warning) and at the end;
-* its ``meta["argv"]``: the command line that made the run (without ``--resume``), so
-  ``--resume DIR`` alone continues it with the same settings;
+* ``RUN/config.toml``, the resolved settings the run wrote when it started: ``--resume DIR``
+  reads it, so ``--resume DIR`` alone continues the run with the same settings;
 * exit status ``128 + signal`` (130 for Ctrl-C) when a signal stopped the run, as shells do.
 """
 from __future__ import annotations
@@ -17,31 +17,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from ..optimizer.checkpoint import CHECKPOINT_FILE, CheckpointError, read
+from ..optimizer.checkpoint import CHECKPOINT_FILE
 
-__all__ = ["CHECKPOINT_FILE", "checkpoint_path", "read_meta", "stop_message", "exit_status"]
+__all__ = ["CHECKPOINT_FILE", "checkpoint_path", "stop_message", "exit_status"]
 
 
 def checkpoint_path(run_dir) -> Path:
     """``run_dir/checkpoint.pt``."""
     return Path(run_dir) / CHECKPOINT_FILE
-
-
-def read_meta(path, comm) -> dict:
-    """The ``meta`` of a checkpoint (file or run folder), read on rank 0 without loading its
-    tensors (memory-mapped) and broadcast. Collective; :class:`CheckpointError` on every rank
-    when there is no readable checkpoint."""
-    meta = err = None
-    if comm.rank == 0:
-        try:
-            meta = read(path, mmap=True).get("meta", {})
-        except CheckpointError as exc:
-            err = str(exc)
-    if comm.size > 1:
-        meta, err = comm.bcast((meta, err))
-    if err:
-        raise CheckpointError(err)
-    return meta
 
 
 def stop_message(result, run_dir) -> str | None:
@@ -58,7 +41,8 @@ def stop_message(result, run_dir) -> str | None:
 
 
 def exit_status(result) -> int:
-    """0, or ``128 + signal number`` when a signal stopped the run (130 for Ctrl-C)."""
-    if not result.interrupted:
+    """0, or ``128 + signal number`` when a signal stopped the run (130 for Ctrl-C); 0 for no
+    training result (``--method solve``)."""
+    if result is None or not result.interrupted:
         return 0
     return 128 + int(getattr(signal, result.interrupted, 0) or 0)
