@@ -179,6 +179,37 @@ def test_resume_refuses_another_run_with_one_line(tmp_path, tmp_path_factory, ca
     assert rc == 2 and "no checkpoint at" in err and len(err.strip().splitlines()) == 1
 
 
+def test_resume_continues_in_its_folder(tmp_path, tmp_path_factory, capsys):
+    """``--resume DIR`` takes DIR's settings from its config.toml (which records the checkpoint
+    interval), respects a live run's lock there, refuses another --out, and, given a larger
+    --steps, continues to it and rewrites DIR's config.toml and metrics.json."""
+    import socket
+    import tomllib
+
+    from dtpinn_dist.optimizer.checkpoint import read
+    from dtpinn_dist.train.__main__ import main
+    run = tmp_path / "run"
+    shutil.copytree(_reference(1, tmp_path_factory), run)
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    assert cfg["run"]["checkpoint_every"] == 2 and cfg["training"]["steps"] == STEPS
+    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    rc = main(["--resume", str(run), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "in use by another run" in err and len(err.strip().splitlines()) == 1
+    (run / ".lock").unlink()
+    rc = main(["--resume", str(run), "--out", str(tmp_path / "other"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "drop --out" in err and not (tmp_path / "other").exists()
+    rc = main(["--resume", str(run), "--steps", str(STEPS + 4), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert read(run)["state"]["step"] == STEPS + 4
+    doc = json.loads((run / "metrics.json").read_text())
+    assert doc["steps"] == STEPS + 4 and doc["history"][-1]["step"] == STEPS + 4
+    assert doc["settings"]["resume"] == str(run) and doc["settings"]["out"] == str(run)
+    assert tomllib.loads((run / "config.toml").read_text())["training"]["steps"] == STEPS + 4
+    assert not (run / ".lock").exists()
+
+
 def test_blow_up_keeps_the_lowest_loss(tmp_path):
     """The issue's run (`--line-search none --lr 10 --steps 5`, on a small cloud): the stop
     reason and metrics.json say which step and evaluation the kept parameters are from, and
