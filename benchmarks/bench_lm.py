@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -126,3 +126,28 @@ print('ok')
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--ste", "2"], "unrecognized arguments: --ste"),  # no prefix matching
+    (["--pde", "-lap(u)"], "--pde=-lap(u)"),  # the fix for a value that starts with '-'
+])
+def test_cli_argparse_errors_are_one_line(tmp_path, capsys, args, needle):
+    from dtpinn_dist.train.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_mpi_bad_input_reported_once_without_hang(tmp_path, mpirun):
+    # every rank rejects the width; the message appears once (rank 0's abort ends the others
+    # during their grace period), the job ends non-zero, no folder is created
+    p = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", "--n-points", "60", "--width",
+                   "0", "--out", str(tmp_path / "o")])
+    assert p.returncode != 0
+    assert p.stderr.count("width = 0") == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()

@@ -7,8 +7,10 @@ and call ``MPI.COMM_WORLD.Abort(1)``, which makes the MPI launcher kill every ra
 non-zero within seconds.
 
 Validation that every rank performs identically (bad arguments, a malformed cloud read by all
-ranks) raises the same ``ValueError`` on every rank; each one aborts, and the launcher reports the
-first. In a single-process run there is nothing to hang: the message is printed the same way and
+ranks) raises the same ``ValueError`` on every rank. So that the message appears once, not once
+per rank, ranks other than 0 hold a ``ValueError`` back for :data:`PEER_GRACE_S` seconds: if rank 0
+failed the same way, its abort ends them first; if the error is theirs alone, they report it
+after that short wait. In a single-process run there is nothing to hang: the message is printed the same way and
 the process exits with status 1 (``DTPINN_TRACEBACK=1`` re-raises instead, with the traceback).
 """
 from __future__ import annotations
@@ -19,7 +21,10 @@ import os
 import sys
 import traceback
 
-__all__ = ["abort_on_exception", "abort_on_error", "world_rank_size"]
+__all__ = ["abort_on_exception", "abort_on_error", "world_rank_size", "PEER_GRACE_S"]
+
+#: How long a rank other than 0 waits before reporting a ``ValueError`` (see the module text).
+PEER_GRACE_S = 2.0
 
 
 def world_rank_size() -> tuple[int, int]:
@@ -48,6 +53,9 @@ def _message(exc: BaseException) -> str:
 def _report_and_abort(exc: BaseException, code: int) -> None:
     rank, size = world_rank_size()
     prefix = f"rank {rank}: " if size > 1 else ""
+    if size > 1 and rank != 0 and isinstance(exc, ValueError):
+        import time
+        time.sleep(PEER_GRACE_S)  # rank 0 probably reports the same message and aborts us all
     if os.environ.get("DTPINN_TRACEBACK") == "1":
         traceback.print_exception(exc, file=sys.stderr)
     try:

@@ -131,7 +131,11 @@ class Compiled:
     """
 
     def __init__(self, expr, names, what: str | None = None):
-        self.expr = sympy.sympify(expr)
+        if isinstance(expr, (int, float)):
+            expr = sympy.Integer(expr) if isinstance(expr, int) else sympy.Float(expr)
+        if not isinstance(expr, sympy.Basic):  # strings go through expressions.parse, never here
+            raise TypeError(f"compile_expr takes a parsed sympy expression, not {type(expr).__name__}")
+        self.expr = expr
         self.names = tuple(sorted(names))
         self.free = tuple(sorted(s.name for s in self.expr.free_symbols))
         self.is_constant = not self.free
@@ -143,8 +147,12 @@ class Compiled:
             raise ValueError(f"{what}: {exc}") from None
 
     def __call__(self, env: dict, lib: str = "numpy"):
-        table = NUMPY if lib == "numpy" else TORCH
-        return self._f(env, table)
+        if lib == "numpy":
+            # non-finite values are the caller's to report, with the point (discretize checks
+            # f, g and the exact solution at every node): no RuntimeWarning on the way
+            with np.errstate(all="ignore"):
+                return self._f(env, NUMPY)
+        return self._f(env, TORCH)
 
     def __repr__(self):
         return f"Compiled({self.expr})"

@@ -58,8 +58,17 @@ def _reference_missing() -> str:
             "DTPINN_REFERENCE_DIR to the folder holding it to train on the authors' cloud")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the full usage is 30 lines: ``--help`` shows it)."""
+
+    def error(self, message):
+        if "expected one argument" in message:
+            message += " (a value that starts with '-' is written with '=': --pde=-lap(u))"
+        self.exit(2, f"error: {message}; {self.prog} --help lists the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m dtpinn_dist.train", allow_abbrev=False,
         description="Train a DT-PINN (RBF-FD derivatives by SpMV) or a vanilla PINN (autograd) "
                     "on a declared PDE. Unknown single-dash options go to PETSc (-log_view).")
