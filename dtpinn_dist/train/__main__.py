@@ -355,7 +355,6 @@ def run(args, log=None) -> dict:
     import torch
 
     from ..comm import as_comm
-    from ..optimizer import Trainer
     from ..outputs import RunLog
     from ..problem import ExpressionError, discretize
 
