@@ -6,14 +6,12 @@ optimizer and across schedule phase changes; serially and under ``mpirun -n K`` 
 Checkpoints of another run, damaged files and files carrying code are refused with one message;
 a blow-up keeps the parameters with the lowest loss seen and says where they are from.
 """
-import math
 import os
 import signal
 
 import pytest
 import torch
 
-from conftest import SIZE
 from dtpinn_dist.geometry import make_cloud
 from dtpinn_dist.optimizer import CheckpointError, CheckpointMismatch, TrainConfig, Trainer
 from dtpinn_dist.optimizer import checkpoint as ckpt
