@@ -66,6 +66,7 @@ def test_training_figure_smoke(figure, tmp_path):
         assert times == sorted(times) and times[-1] == pytest.approx(r["train_time_s"])
     for g in doc["groups"].values():
         assert g["best_rel_l2"]["min"] <= g["best_rel_l2"]["median"] <= g["best_rel_l2"]["max"]
+        assert g["closure_s"] > 0  # the interleaved loss+gradient timing of this variant
         if g["variant"] != "vanilla-fp32":
             assert {"speedup_best", "speedup_equal_error", "reached"} <= set(g)
     if not doc["problem"]["time"]:  # steady: the direct solve of each (N, p) is recorded

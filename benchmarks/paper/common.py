@@ -392,6 +392,33 @@ VARIANTS = {"dt-fp64": ("dt", "fp64"), "dt-fp32": ("dt", "fp32"),
 VANILLA_ORDER = 4
 
 
+def closure_times(discs: dict, device, *, rounds: int = 5, reps: int = 3) -> dict:
+    """Seconds of one loss + gradient evaluation (what an L-BFGS iteration costs) of each
+    discretisation, with the paper's 4 x 50 network: the median over ``rounds`` rounds that
+    each time every discretisation in turn (``reps`` calls), so that load changes on a shared
+    machine hit all alike. Keys ``"variant|p"``."""
+    fns = {}
+    for (v, p), disc in discs.items():
+        model = dt.MLP(disc.input_dim, 50, 4, dtype=disc.dtype, seed=0, device=device)
+
+        def fn(disc=disc, model=model):
+            model.zero_grad(set_to_none=False)
+            r = disc.residual(model)
+            (r * r).sum().backward()
+        fns[f"{v}|{p}"] = fn
+        fn()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            sync(device)
+            times[k].append((time.perf_counter() - t0) / reps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def run_grid(log, clouds: dict, problem, problem_name: str, *, variants, orders, settings,
              seeds: int, steps: int, eval_every: int, device: str = "cpu",
              backend: str | None = None, with_floor: bool = True):
@@ -408,6 +435,8 @@ def run_grid(log, clouds: dict, problem, problem_name: str, *, variants, orders,
         ``setup_time_s``.
     floors : dict
         ``"N|p"`` -> :func:`direct_floor` of the fp64 DT discretisation (steady problems).
+    closures : dict
+        ``"N"`` -> :func:`closure_times` of every discretisation of that cloud.
     """
     for v in variants:
         if v not in VARIANTS:
@@ -415,7 +444,7 @@ def run_grid(log, clouds: dict, problem, problem_name: str, *, variants, orders,
     for s in settings:
         if s not in SETTINGS:
             raise SystemExit(f"unknown setting {s!r}: use {', '.join(SETTINGS)}")
-    runs, floors = [], {}
+    runs, floors, closures = [], {}, {}
     for label, cloud in clouds.items():
         discs = {}
         for v in variants:
@@ -434,6 +463,9 @@ def run_grid(log, clouds: dict, problem, problem_name: str, *, variants, orders,
                 floors[f"{label}|{p}"] = direct_floor(d)
                 log(f"N={label} p={p}: direct solve {floors[f'{label}|{p}']['rel_l2_nodes']:.2e}"
                     f" at the nodes in {floors[f'{label}|{p}']['time_s']:.3f}s")
+        closures[label] = closure_times(discs, device)
+        log(f"N={label}: one loss+gradient evaluation, interleaved medians: " + ", ".join(
+            f"{k} {1e3 * t:.1f} ms" for k, t in closures[label].items()))
         for seed in range(seeds):
             for setting in settings:
                 for (v, p), disc in discs.items():
@@ -445,7 +477,7 @@ def run_grid(log, clouds: dict, problem, problem_name: str, *, variants, orders,
                         f"{fmt(rec['best_rel_l2'])} at epoch {rec['epochs_to_best']} "
                         f"({rec['time_to_best_s']:.2f}s of {rec['train_time_s']:.2f}s; "
                         f"lr {rec['lr']:g}, {rec['restarts']} restart(s); {rec['stop_reason']})")
-    return runs, floors
+    return runs, floors, closures
 
 
 def aggregate(runs) -> dict:
@@ -500,8 +532,8 @@ def speedups(g: dict, base: dict, runs) -> dict:
 def grid_table(groups: dict, floors: dict | None = None) -> str:
     """The standard table of a training figure: one row per (setting, N, variant, p)."""
     head = ["setting", "N", "variant", "p", "best rel L2 (median [min, max])", "epochs to best",
-            "time to best [s]", "s/epoch", "speed-up (paper def.)", "speed-up (equal error)",
-            "restarts", "direct solve (nodes)"]
+            "time to best [s]", "s/epoch", "loss+grad [ms]", "speed-up (paper def.)",
+            "speed-up (equal error)", "restarts", "direct solve (nodes)"]
     rows = []
     order = {"vanilla-fp32": 0, "vanilla-fp64": 1, "dt-fp64": 2, "dt-fp32": 3}
     for g in sorted(groups.values(), key=lambda g: (g["setting"] != "paper", _num(g["N"]),
@@ -512,6 +544,7 @@ def grid_table(groups: dict, floors: dict | None = None) -> str:
                      "-" if b is None else f"{b['median']:.2e} [{b['min']:.1e}, {b['max']:.1e}]",
                      fmt(med(g["epochs_to_best"]), ".0f"), fmt(med(g["time_to_best_s"]), ".2f"),
                      fmt(med(g["time_per_epoch_s"]), ".3f"),
+                     fmt(g.get("closure_s") and 1e3 * g["closure_s"], ".1f"),
                      fmt(g.get("speedup_best"), ".2f"),
                      fmt(g.get("speedup_equal_error"), ".2f") + (
                          f" ({g['reached']})" if "reached" in g else ""),
@@ -547,18 +580,21 @@ def plot_training(args, groups: dict, name: str, *, xs: list, xlabel: str, setti
     for i, s in enumerate(settings):
         for j, (key, ylabel, logy) in enumerate(panels):
             ax = axes[i][j]
-            for variant, p, label in curves:
+            for k, (variant, p, label) in enumerate(curves):
                 vals = series(groups, s, variant, p, key, xs)
+                color = f"C{k % 10}"  # fixed per curve, whatever a panel leaves out
                 if key.startswith("speedup"):
                     pts = [(x, v) for x, v in zip(xnum, vals) if v is not None]
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", label=label)
+                        ax.plot(*zip(*pts), marker="o", label=label, color=color)
                 else:
-                    errorbar(ax, xnum, vals, label)
+                    errorbar(ax, xnum, vals, label, color=color)
             if key.startswith("speedup"):
                 ax.axhline(1.0, color="gray", lw=0.8, ls=":")
             if logy:
                 ax.set_yscale("log")
+            if max(xnum) > 3 * min(xnum):
+                ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.set_title(f"{s} setting", fontsize=9)
@@ -619,17 +655,21 @@ def training_main(argv, *, doc: str, figure: str, problem, problem_name: str, mo
     mach = machine(args.device)
     log = Log(args.quiet)
     cl, sources = clouds(s, log)
-    runs, floors = run_grid(log, cl, problem, problem_name, variants=s["variants"],
-                            orders=s["orders"], settings=s["settings"], seeds=s["seeds"],
-                            steps=s["steps"], eval_every=s["eval_every"], device=args.device,
-                            backend=args.backend)
+    runs, floors, closures = run_grid(log, cl, problem, problem_name, variants=s["variants"],
+                                      orders=s["orders"], settings=s["settings"],
+                                      seeds=s["seeds"], steps=s["steps"],
+                                      eval_every=s["eval_every"], device=args.device,
+                                      backend=args.backend)
     groups = aggregate(runs)
+    for g in groups.values():
+        g["closure_s"] = closures[g["N"]].get(f"{g['variant']}|{g['p']}")
     labels = list(cl)
     plots(args, groups, s, labels, cl)
     finish(args, figure, {"settings": s, "clouds": sources, "problem": {
         "name": problem_name, "pde": problem.pde, "exact": problem.exact,
         "time": problem.time, "nt": problem.nt if problem.time_dependent else None},
-        "paper": paper, "floors": floors, "groups": groups, "runs": runs},
+        "paper": paper, "floors": floors, "closure_s": closures, "groups": groups,
+        "runs": runs},
         grid_table(groups, floors), compare(groups, runs, s, labels), t_start, mach)
     return {"groups": groups, "runs": runs}
 
@@ -664,12 +704,15 @@ def accuracy_speed_text(groups, setting, labels, orders, dt_variant="dt-fp64",
     eq = [g(dt_variant, p, n).get("speedup_equal_error") for p, n in hi]
     ep = [ratio(med(g(dt_variant, p, n)["epochs_to_best"]), med(g(base, None, n)["epochs_to_best"]))
           for p, n in hi if g(base, None, n)]
-    pe = [ratio(med(g(base, None, n)["time_per_epoch_s"]), med(g(dt_variant, p, n)["time_per_epoch_s"]))
+    pe = [ratio(med(g(base, None, n)["time_per_epoch_s"]),
+                med(g(dt_variant, p, n)["time_per_epoch_s"])) for p, n in hi if g(base, None, n)]
+    ce = [ratio(g(base, None, n).get("closure_s"), g(dt_variant, p, n).get("closure_s"))
           for p, n in hi if g(base, None, n)]
     rst = sum(x["restarts"] for x in groups.values() if x["setting"] == setting)
     return (f"[{setting} setting] Best error of {dt_variant} over {base} (medians over seeds, "
             f"range over N): {'; '.join(acc)}. Speed-up of {dt_variant} (p > 2) over {base}, the "
             f"paper's definition (time to each one's own best): {span(sp)}; at equal error "
             f"(time to {base}'s best error): {span(eq)}. Time per epoch, {base} over "
-            f"{dt_variant}: {span(pe)}. Epochs to best, {dt_variant} over {base}: {span(ep)}. "
+            f"{dt_variant}: {span(pe)}; one loss+gradient evaluation (timed interleaved, the "
+            f"load-robust figure): {span(ce)}. Epochs to best, {dt_variant} over {base}: {span(ep)}. "
             f"Restarts after a blow-up (all runs): {rst}.")
