@@ -9,6 +9,7 @@ The front door::
     disc = dt.discretize(problem, cloud, order=4)        # serial, or each rank's share under MPI
     res = dt.fit(disc, steps=300)
     res.predict([[0.5, 0.5]])
+    dt.load_run("runs/my-run").predict([[0.5, 0.5]])   # a saved run (python -m dtpinn_dist.train)
 
 Data flow, one subpackage per stage: geometry -> operators -> partition -> distributed ->
 problem -> optimizer -> outputs; :mod:`.comm` is the MPI floor under all of them, and
@@ -20,10 +21,11 @@ from .geometry import (Annulus, Ball, Box, Disk, Ellipse, PointCloud, Polygon, R
                        load_cloud, make_cloud)
 from .model import MLP
 from .optimizer import FitResult, TrainConfig, fit
+from .outputs import load_run
 from .problem import (Condition, Dirichlet, Discretization, ExpressionError, Neumann, Problem,
                       Robin, discretize, paper_problem, solve_discrete)
 
 __all__ = ["__version__", "make_cloud", "load_cloud", "PointCloud", "Disk", "Ellipse", "Star",
            "Annulus", "Rectangle", "Polygon", "Ball", "Box", "Problem", "Condition", "Dirichlet",
            "Neumann", "Robin", "paper_problem", "discretize", "Discretization", "fit",
-           "FitResult", "TrainConfig", "MLP", "ExpressionError", "solve_discrete"]
+           "FitResult", "TrainConfig", "MLP", "ExpressionError", "solve_discrete", "load_run"]

@@ -62,6 +62,19 @@ def _cupy_report() -> list[str]:
         return [f"CuPy          : not available ({type(exc).__name__}); backend 'cupy' disabled"]
 
 
+def _io_report() -> list[str]:
+    """The optional output packages: VTK files (meshio), plots (matplotlib), the progress bar."""
+    found = []
+    for name, what in (("meshio", "VTK files"), ("matplotlib", "PNG plots"),
+                       ("tqdm", "progress bar")):
+        try:
+            mod = importlib.import_module(name)
+            found.append(f"{name} {getattr(mod, '__version__', '?')}")
+        except Exception:
+            found.append(f"{name} missing (no {what})")
+    return [f"outputs       : {', '.join(found)}"]
+
+
 def report() -> str:
     """The capability report printed by ``python -m dtpinn_dist``."""
     import numpy
@@ -69,5 +82,6 @@ def report() -> str:
 
     lines = [f"dtpinn_dist   : {__version__} (Python {platform.python_version()}, {platform.machine()})",
              f"numpy / scipy : {numpy.__version__} / {scipy.__version__}"]
-    lines += _torch_report() + _petsc_report() + _mpi_report() + _cupy_report()
+    lines += (_torch_report() + _petsc_report() + _mpi_report() + _cupy_report()
+              + _io_report())
     return "\n".join(lines)

@@ -7,9 +7,9 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "dtpinn_dist"
 
 #: subpackage (or top-level module) -> layer; an import may only go to the same or a lower layer
-LAYERS = {"comm": 0, "resources": 0, "geometry": 1, "model": 1, "operators": 2, "partition": 3,
-          "distributed": 4, "problem": 5, "optimizer": 6, "outputs": 7, "train": 8, "info": 9,
-          "__init__": 9, "__main__": 9}
+LAYERS = {"comm": 0, "resources": 0, "atomic": 0, "geometry": 1, "model": 1, "operators": 2,
+          "partition": 3, "distributed": 4, "problem": 5, "optimizer": 6, "outputs": 7,
+          "train": 8, "predict": 8, "info": 9, "__init__": 9, "__main__": 9}
 
 
 def _module_name(path: Path) -> str:

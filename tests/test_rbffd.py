@@ -282,7 +282,8 @@ def test_bad_rows_and_operator(clouds):
 
 
 def test_cli(tmp_path, capsys):
-    from dtpinn_dist.operators.__main__ import load_operators, main
+    from dtpinn_dist.operators import load_operators
+    from dtpinn_dist.operators.__main__ import main
     out = tmp_path / "ops.npz"
     assert main(["--domain", "disk", "--n", "600", "--order", "3", "--out", str(out)]) == 0
     assert "nnz" in capsys.readouterr().out
@@ -291,5 +292,5 @@ def test_cli(tmp_path, capsys):
     assert (L != L2).nnz == 0 and (B != B2).nnz == 0
     with np.load(out, allow_pickle=False) as z:
         assert {"L_data", "B_indptr", "interior", "ghost", "order"} <= set(z.files)
-    assert main(["--nodes", str(tmp_path / "x.csv"), "--out", str(out)]) == 2
+    assert main(["--nodes", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o2.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err

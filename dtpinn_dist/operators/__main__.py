@@ -3,58 +3,42 @@
     python -m dtpinn_dist.operators --domain disk --n 2000 --order 4 --out ops.npz
     python -m dtpinn_dist.operators --nodes DiskPoissonNodes.mat --index 4 --order 4 --out ops.npz
 
-The output is ONE .npz (load with ``np.load(path, allow_pickle=False)``) holding
-
-* ``L_data, L_indices, L_indptr, L_shape`` -- the Laplacian in CSR form (rows Ni+Nb),
-* ``B_data, B_indices, B_indptr, B_shape`` -- the Robin operator alpha n.grad + beta (rows Nb),
-* ``interior, boundary, normals, ghost`` -- the nodes (columns = interior, boundary, ghost),
-* ``order, alpha, beta`` -- scalars.
-
-Rebuild a matrix with ``scipy.sparse.csr_matrix((z["L_data"], z["L_indices"], z["L_indptr"]),
-shape=tuple(z["L_shape"]))`` or :func:`load_operators`.
+The output is ONE .npz (format: :mod:`dtpinn_dist.operators.io`; read it with
+:func:`~dtpinn_dist.operators.io.load_operators`). An existing ``--out`` is kept unless
+``--overwrite``; ``--out`` is checked for writability before any work; the file is written
+atomically. Bad input (a missing, truncated or corrupt cloud file, an unwritable ``--out``) is
+one ``error:`` line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
+from .io import load_operators, save_operators
 
-
-def save_operators(path, cloud, L, B, order, alpha=1.0, beta=1.0) -> None:
-    """Write L, B and the nodes to one .npz (format in the module docstring)."""
-    arrays = {"interior": cloud.interior, "boundary": cloud.boundary, "normals": cloud.normals,
-              "order": np.int64(order), "alpha": np.float64(alpha), "beta": np.float64(beta)}
-    if cloud.ghost is not None:
-        arrays["ghost"] = cloud.ghost
-    for name, A in (("L", L), ("B", B)):
-        A = sp.csr_matrix(A)
-        arrays.update({f"{name}_data": A.data, f"{name}_indices": A.indices,
-                       f"{name}_indptr": A.indptr, f"{name}_shape": np.array(A.shape, np.int64)})
-    np.savez(path, **arrays)
+__all__ = ["main", "load_operators", "save_operators"]  # the functions live in .io
 
 
-def load_operators(path):
-    """Read a file written by :func:`save_operators`; returns ``(L, B, cloud)``."""
-    from ..geometry import PointCloud
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("L_data", "L_indices", "L_indptr", "L_shape", "B_data",
-                               "B_indices", "B_indptr", "B_shape", "interior", "boundary",
-                               "normals") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path} lacks {missing}; write it with python -m "
-                             "dtpinn_dist.operators ... --out")
-        mats = [sp.csr_matrix((z[f"{n}_data"], z[f"{n}_indices"], z[f"{n}_indptr"]),
-                              shape=tuple(int(s) for s in z[f"{n}_shape"])) for n in "LB"]
-        cloud = PointCloud(z["interior"], z["boundary"], z["normals"],
-                           ghost=z["ghost"] if "ghost" in z.files else None)
-    return mats[0], mats[1], cloud
+def _check_out(out: Path, overwrite: bool) -> None:
+    from ..atomic import OutputError, probe_writable
+
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; give a file name, e.g. {out / 'ops.npz'}")
+    if out.suffix.lower() != ".npz":
+        raise OutputError(f"--out {out}: give a .npz file name")
+    if out.exists() and not overwrite:
+        raise OutputError(f"--out {out} already exists; choose another name or pass "
+                          "--overwrite")
+    if not out.parent.is_dir():
+        raise OutputError(f"--out {out}: the folder {out.parent} does not exist; create it "
+                          "first")
+    probe_writable(out.parent, "--out folder")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dtpinn_dist.operators",
+    ap = argparse.ArgumentParser(prog="python -m dtpinn_dist.operators", allow_abbrev=False,
                                  description="Assemble RBF-FD Laplacian and Robin operators.")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--domain", help="built-in domain (disk, star, annulus, ellipse, rectangle, "
@@ -67,16 +51,18 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="output .npz")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     a = ap.parse_args(argv)
+    if a.domain and a.n is None:
+        ap.error("--domain needs --n")
 
     from ..geometry import load_cloud, make_cloud
     from .rbffd import boundary_matrix, laplacian_matrix
 
     t0 = time.perf_counter()
     try:
+        _check_out(Path(a.out), a.overwrite)  # before any work
         if a.domain:
-            if a.n is None:
-                ap.error("--domain needs --n")
             cloud = make_cloud(a.domain, n=a.n, seed=a.seed)
         else:
             cloud = load_cloud(a.nodes, index=a.index)
@@ -86,10 +72,10 @@ def main(argv=None) -> int:
         t2 = time.perf_counter()
         B = boundary_matrix(cloud, a.order, a.alpha, a.beta)
         t3 = time.perf_counter()
-    except ValueError as e:
+        save_operators(a.out, cloud, L, B, a.order, a.alpha, a.beta)
+    except ValueError as e:  # OutputError, ResourceError and the loaders' errors included
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save_operators(a.out, cloud, L, B, a.order, a.alpha, a.beta)
     print(f"{cloud}  (nodes {t1 - t0:.2f}s)")
     print(f"L: {L.shape[0]} x {L.shape[1]}, nnz {L.nnz}, {t2 - t1:.3f}s")
     print(f"B: {B.shape[0]} x {B.shape[1]}, nnz {B.nnz}, {t3 - t2:.3f}s")

@@ -4,27 +4,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
+
+from ..atomic import atomic_write
+from .rundir import OutputExistsError, default_out_dir
 
 __all__ = ["OutputExistsError", "default_out_dir", "prepare_out_dir", "write_metrics",
            "read_metrics", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("settings", "ranks", "steps", "evals", "train_time_s", "eval_time_s",
                  "final_rel_l2", "best_rel_l2", "history")
-
-
-class OutputExistsError(RuntimeError):
-    """The output directory already holds a run's metrics.json."""
-
-
-def default_out_dir(root: str | os.PathLike = "runs") -> Path:
-    """``runs/<timestamp>`` (a suffix is added if that already exists)."""
-    base = Path(root) / time.strftime("%Y%m%d-%H%M%S")
-    p, k = base, 1
-    while p.exists():
-        p, k = Path(f"{base}-{k}"), k + 1
-    return p
 
 
 def prepare_out_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -56,15 +45,15 @@ def write_metrics(out: str | os.PathLike, settings: dict, result, ranks: int = 1
                   overwrite: bool = False) -> Path:
     """Write ``out/metrics.json`` from a :class:`~dtpinn_dist.train.trainer.TrainResult`.
 
-    Written atomically (temp file + rename) so a crash never leaves a half file.
+    Written atomically (:func:`~dtpinn_dist.atomic.atomic_write`: temp file, fsync, rename) so
+    a crash or a full disk never leaves a half file, nor a ``*.tmp``.
     """
     path = prepare_out_dir(out, overwrite=overwrite) / "metrics.json"
     doc = {"settings": settings, "ranks": int(ranks), **result.summary(),
            "history": result.history}
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(_clean(doc), fh, indent=1)
-    os.replace(tmp, path)
+    text = json.dumps(_clean(doc), indent=1)
+    with atomic_write(path, "w", what="metrics") as fh:
+        fh.write(text)
     return path
 
 

@@ -100,6 +100,16 @@ class Discretization:
         return {"ic": math.sqrt(s.n_collocation), "pde": pde,
                 "bc": math.sqrt(m * s.n_boundary) if s.n_boundary else 1.0}
 
+    @property
+    def network_points(self) -> int:
+        """Points the network is evaluated at per loss evaluation (this rank): all nodes times
+        the time slices (DT), or the interior, boundary (and initial) points (vanilla)."""
+        d = self.data
+        if self.method == "dt":
+            return len(d["X"]) * self.m
+        n = (len(d["inner_idx"]) + len(d["bnd_idx"])) * self.m
+        return n + (len(d["rows_idx"]) if self.time_dependent else 0)
+
     # ------------------------------------------------------------------ network values
     def _space_time(self, X: torch.Tensor):
         """Slice-major stack of ``(X, t_k)``: ((Nt+1) n, d+1) input and its time column."""
@@ -352,41 +362,55 @@ class Discretization:
 
         return apply
 
-    def linearization_matrix(self, U: torch.Tensor):
-        """``dr/dU`` as a scipy CSR matrix (serial torch backend), or None where the operators
-        have no scipy form."""
+    def linearization_matrix(self, U: torch.Tensor, global_columns: bool = False):
+        """``dr/dU`` at the nodal values ``U`` as a scipy CSR matrix of this rank's rows.
+
+        Columns are this rank's nodes (serial), or with ``global_columns`` the global node
+        numbering of a PETSc (distributed) system, ready for a PETSc matrix. None where the
+        operators have no scipy form (CuPy), or for a distributed system without
+        ``global_columns``.
+        """
         import scipy.sparse as sp
 
         ops = self.system.ops
-        if self.comm.size > 1 or not all(hasattr(o, "to_scipy") for o in ops.values()):
+        petsc = all(hasattr(o, "to_scipy_local") for o in ops.values()) and bool(ops)
+        if petsc and global_columns:
+            any_op = next(iter(ops.values()))
+            c0 = any_op.mat.getOwnershipRangeColumn()[0]
+            n = any_op.global_shape[1]
+            to_csr = lambda o: o.to_scipy_local()  # noqa: E731
+        elif self.comm.size == 1 and all(hasattr(o, "to_scipy") for o in ops.values()):
+            c0, n = 0, len(self.data["X"])
+            to_csr = lambda o: o.to_scipy()  # noqa: E731
+        else:
             return None
         d, sc = self.data, self._scales()
-        n = len(d["X"])
         rows = d["rows_idx"].cpu().numpy()
         bnd = d["bnd_idx"].cpu().numpy()
         nr, nb = len(rows), len(bnd)
 
-        def sel(idx, k):
-            return sp.csr_matrix((np.ones(len(idx)), (np.arange(len(idx)), idx)), shape=(k, n))
+        def sel(idx, k):  # picks the node of each row: u at the row itself
+            return sp.csr_matrix((np.ones(len(idx)), (np.arange(len(idx)), c0 + idx)),
+                                 shape=(k, n))
 
         def num(c, k):
             c = c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else c
             return np.broadcast_to(np.asarray(c, dtype=np.float64), (k,))
 
         with torch.no_grad():
-            top = ops[self.pde.op].to_scipy() if self.pde.op is not None else \
+            top = to_csr(ops[self.pde.op]) if self.pde.op is not None else \
                 sp.csr_matrix((nr, n))
             if self.pde.rest is not None:
                 for name, c in self._partial_values(self.pde, U, "rows").items():
-                    D = sel(rows, nr) if name == "u" else ops[self.pde.fields[name]].to_scipy()
+                    D = sel(rows, nr) if name == "u" else to_csr(ops[self.pde.fields[name]])
                     top = top + sp.diags(num(c, nr)) @ D
-            bot = ops["B"].to_scipy() if "B" in ops else sp.csr_matrix((nb, n))
+            bot = to_csr(ops["B"]) if "B" in ops else sp.csr_matrix((nb, n))
             for bp in self.bparts:
                 if bp.rest is None:
                     continue
                 r = bp.rows.cpu().numpy()
                 for name, c in self._partial_values(bp, U, "bnd", bp.rows).items():
-                    D = sel(bnd, nb) if name == "u" else ops[bp.fields[name]].to_scipy()
+                    D = sel(bnd, nb) if name == "u" else to_csr(ops[bp.fields[name]])
                     w = np.zeros(nb)
                     w[r] = num(c, len(r))
                     bot = bot + sp.diags(w) @ D

@@ -23,8 +23,7 @@ from ..comm import as_comm
 from ..operators.rbffd import OperatorSpec, check_order
 from .compile import compile_expr
 from .discrete import BoundaryPart, Discretization, PDEPart
-from .expressions import ExpressionError
-from .forms import AXES
+from .forms import AXES, term_key
 from .problem import DEFAULT_PART
 
 __all__ = ["discretize", "METHODS", "BACKENDS"]
@@ -193,6 +192,12 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     tags, names = _cloud_parts(cloud)
     by_tag = _match_parts(an.bcs, tags, names)
     dim, time_dep = cloud.dim, problem.time_dependent
+    from ..resources import check_memory
+    # f, g, u0 and the coordinates at every row and time slice (a few arrays each), checked
+    # before anything of that size is built
+    check_memory(8 * 8.0 * cloud.n_nodes * len(problem.times),
+                 f"the data of {cloud.n_nodes} nodes x {len(problem.times)} time slice(s)",
+                 fix="use fewer nodes or time steps (nt), or more ranks")
     space = list(AXES[:dim])
     tnames = ["t"] if time_dep else []
     nrm = ["n" + a for a in space]
@@ -211,7 +216,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
                                   [(k, coef_rows(c)) for k, c in pde.linear], pde.theta)
     fields_pde = {}
     for name, alpha in pde.derivs.items():
-        specs["D:" + name] = OperatorSpec("D:" + name, "collocation", [(_key(alpha), 1.0)],
+        specs["D:" + name] = OperatorSpec("D:" + name, "collocation", [(term_key(alpha), 1.0)],
                                           sum(alpha))
         fields_pde[name] = "D:" + name
     for name in ("u", "u_t"):
@@ -254,7 +259,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     for key in groups:
         for name, alpha in an.bcs[key][1].derivs.items():
             specs.setdefault("Db:" + name, OperatorSpec("Db:" + name, "boundary",
-                                                        [(_key(alpha), 1.0)], sum(alpha)))
+                                                        [(term_key(alpha), 1.0)], sum(alpha)))
 
     # ---- assemble (each rank: its rows only)
     if backend == "petsc":
@@ -386,24 +391,16 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             rest=None if form.is_linear else compile_expr(form.rest, names_b), fields=fields,
             partials={k: compile_expr(v, names_b) for k, v in form.rest_partials().items()},
             linear=form.linear))
+    label = {t: n for n, t in names.items()}
     info = {"backend": backend, "dtype": "fp64" if dtype == torch.float64 else "fp32",
             "device": str(device), "ranks": comm.size, "order": int(order),
             "operators": {k: getattr(v, "nnz", None) for k, v in system.ops.items()},
             "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,
             "n_nodes": cloud.n_nodes, "n_test": None if cloud.test is None else len(cloud.test),
-            "parts": {str(names_inv(names).get(t, t)): str(k) for t, k in sorted(by_tag.items())},
+            "parts": {str(label.get(t, t)): str(k) for t, k in sorted(by_tag.items())},
             "setup_time_s": time.perf_counter() - t0}
     return Discretization(problem, an, system, method, pde_part, bparts, data, int(order),
                           info)
-
-
-def names_inv(names: dict) -> dict:
-    return {t: n for n, t in names.items()}
-
-
-def _key(alpha):
-    from .forms import term_key
-    return term_key(alpha)
 
 
 def _term_order(k):

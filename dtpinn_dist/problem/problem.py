@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .conditions import Condition, as_condition
+from .conditions import as_condition
 from .expressions import SYMBOLS, ExpressionError, parse_safe
 from .forms import AXES, Form, param_value, parse_form
 

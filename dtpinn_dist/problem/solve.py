@@ -2,17 +2,24 @@
 
 The DT residual is a function of the nodal values, ``r(U) = [s (F_h(U) - f); s_b (G_h(U) - g)]``
 with one row per interior + boundary node and one per boundary node (the ghost nodes close the
-count), so ``r(U) = 0`` is a square sparse system. Its solution is what RBF-FD alone gives: the
-floor a DT-PINN trained on the same operators can reach (its "discretisation error"), and the
-time any PINN has to beat. Newton steps use the declared linearisation
-(:meth:`~dtpinn_dist.problem.discrete.Discretization.linearization_matrix`); a linear problem takes
-one step.
+count: each rank owns as many rows as nodes), so ``r(U) = 0`` is a square sparse system. Its
+solution is what RBF-FD alone gives: the floor a DT-PINN trained on the same operators can reach
+(its "discretisation error"), and the time any PINN has to beat. Newton steps use the declared
+linearisation (:meth:`~dtpinn_dist.problem.discrete.Discretization.linearization_matrix`) with a
+backtracking line search; a linear problem takes one step.
+
+Linear solves: serially, scipy's sparse LU (SuperLU); on PETSc systems (any rank count), PETSc
+KSP with the options prefix ``solve_`` (default ``gmres`` + ``asm`` with ILU blocks, since this
+build has no parallel direct solver; choose e.g. ``-solve_ksp_type bcgs -solve_pc_type gamg``).
+The matrix is nonsymmetric, and its boundary rows have near-zero diagonals (a Dirichlet row's
+weight at its ghost column), which is why one process uses SuperLU's partial pivoting rather
+than PETSc's unpivoted LU.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,10 +36,13 @@ class DirectSolution:
     residual_norm: float
     time_s: float
     rel_l2_nodes: float | None
+    solver: str = "lu"
+    linear_iterations: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"iterations": self.iterations, "residual_norm": self.residual_norm,
-                "time_s": self.time_s, "rel_l2_nodes": self.rel_l2_nodes}
+                "time_s": self.time_s, "rel_l2_nodes": self.rel_l2_nodes, "solver": self.solver,
+                "linear_iterations": self.linear_iterations}
 
 
 def _rel_l2_nodes(disc, U):
@@ -48,49 +58,126 @@ def _rel_l2_nodes(disc, U):
     return math.sqrt(s[0] / s[1]) if s[1] > 0 else math.sqrt(s[0])
 
 
-def solve_discrete(disc, *, tol: float = 1e-12, max_iter: int = 30, U0=None) -> DirectSolution:
-    """Newton's method on ``r(U) = 0`` with sparse LU (scipy SuperLU) steps; serial, steady DT.
+class _LU:
+    """scipy's sparse LU of the serial linearisation."""
+
+    name = "scipy-superlu"
+
+    def __init__(self, disc):
+        self.disc = disc
+        self.its = []
+
+    def solve(self, U, r):
+        import scipy.sparse.linalg as spla
+
+        J = self.disc.linearization_matrix(U, global_columns=True)  # one rank: all columns
+        if J is None or J.shape[0] != J.shape[1]:
+            raise ValueError(f"the discrete system is not square "
+                             f"({None if J is None else J.shape}); the direct solve needs one "
+                             "ghost node per boundary node")
+        self.its.append(1)
+        return spla.splu(J.tocsc()).solve(r)
+
+
+class _KSP:
+    """PETSc KSP on the distributed linearisation (options prefix ``solve_``)."""
+
+    def __init__(self, disc, rtol):
+        from ..comm import MPIComm, init_petsc
+
+        self.PETSc = PETSc = init_petsc()
+        self.disc, self.rtol = disc, rtol
+        comm = disc.comm
+        self.pcomm = comm.comm if isinstance(comm, MPIComm) else PETSc.COMM_SELF
+        self.size = comm.size
+        self.its = []
+        self.name = "petsc-ksp"
+
+    def solve(self, U, r):
+        from ..distributed.assembly import petsc_aij
+
+        PETSc = self.PETSc
+        J = self.disc.linearization_matrix(U, global_columns=True)
+        n_loc, N = J.shape[0], J.shape[1]
+        if self.disc.comm.sum(n_loc) != N:
+            raise ValueError("the discrete system is not square; the direct solve needs one "
+                             "ghost node per boundary node")
+        A = petsc_aij(J, (n_loc, N), (n_loc, N), self.pcomm, "J", "solve_")
+        ksp = PETSc.KSP().create(comm=self.pcomm)
+        ksp.setOptionsPrefix("solve_")
+        ksp.setOperators(A)
+        ksp.setType("gmres")
+        ksp.setGMRESRestart(200)
+        ksp.getPC().setType("asm")
+        ksp.getPC().setASMOverlap(2)
+        ksp.setTolerances(rtol=self.rtol, atol=0.0, max_it=5000)
+        ksp.setFromOptions()
+        b = A.createVecLeft()
+        x = A.createVecRight()
+        b.getArray()[:] = r
+        ksp.solve(b, x)
+        reason = ksp.getConvergedReason()
+        if reason < 0:
+            raise ValueError(f"the linear solver did not converge (PETSc reason {reason} after "
+                             f"{ksp.getIterationNumber()} iterations); choose another with "
+                             "-solve_ksp_type / -solve_pc_type (e.g. bcgs, gamg)")
+        self.its.append(int(ksp.getIterationNumber()))
+        out = x.getArray().copy()
+        for o in (ksp, A, b, x):
+            o.destroy()
+        return out
+
+
+def solve_discrete(disc, *, tol: float = 1e-12, max_iter: int = 30, U0=None,
+                   linear_rtol: float = 1e-13) -> DirectSolution:
+    """Newton's method on ``r(U) = 0``; collective on a distributed discretisation.
 
     Parameters
     ----------
     disc : Discretization
-        A steady DT discretisation with the torch backend on one process.
+        A steady DT discretisation (torch backend on one process, or PETSc on any rank count).
     tol : float
-        Stop when ``||r||_2 <= tol * max(1, ||r(U0)||_2)``.
+        Stop when ``||r||_2 <= tol * max(1, ||r(U0)||_2)``, or when Newton stagnates at
+        round-off (a negligible step, or no decrease).
     max_iter : int
     U0 : array, optional
-        Starting values (default zeros; a linear problem converges in one step from anywhere).
+        Starting values on this rank's nodes (default zeros).
+    linear_rtol : float
+        Relative tolerance of an iterative (PETSc KSP) linear solve.
     """
-    import scipy.sparse.linalg as spla
-
     if not disc.has_structure:
         raise ValueError("the direct solve needs a steady DT discretisation (method 'dt', no "
                          "time dependence)")
     if disc.comm.size > 1:
-        raise ValueError("the direct solve runs on one process (torch backend)")
+        linear = _KSP(disc, linear_rtol)
+    elif disc.comm.size == 1:
+        linear = _LU(disc)
+    else:  # pragma: no cover - a distributed system always has PETSc operators
+        raise ValueError("the direct solve needs the torch or PETSc backend")
+    comm = disc.comm
     t0 = time.perf_counter()
     n = len(disc.data["X"])
     U = torch.zeros(n, dtype=torch.float64) if U0 is None else torch.as_tensor(
         np.asarray(U0, dtype=np.float64)).clone()
+
+    def norm(v):
+        return math.sqrt(float(comm.sum(float((v.double() ** 2).sum()))))
+
     with torch.no_grad():
         r = disc.values_residual(U).double()
-    r0 = max(1.0, float(torch.linalg.vector_norm(r)))
+    rn = norm(r)
+    r0 = max(1.0, rn)
     it = 0
-    rn = float(torch.linalg.vector_norm(r))
     while rn > tol * r0 and it < max_iter:
-        J = disc.linearization_matrix(U)
-        if J is None or J.shape[0] != J.shape[1]:
-            raise ValueError(f"the discrete system is not square ({None if J is None else J.shape})"
-                             "; the direct solve needs one ghost node per boundary node")
-        dU = torch.from_numpy(spla.splu(J.tocsc()).solve(-r.numpy()))
-        if not torch.isfinite(dU).all():
+        dU = torch.from_numpy(np.asarray(linear.solve(U, -r.numpy()), dtype=np.float64))
+        if not bool(comm.sum(float(torch.isfinite(dU).all())) == comm.size):
             raise ValueError("the Newton step is not finite: the discrete system is singular")
         # backtracking (Armijo on ||r||): Newton from far away may overshoot a nonlinearity
         step, prev = 1.0, rn
         for _ in range(40):
             with torch.no_grad():
                 r_try = disc.values_residual(U + step * dU).double()
-            rn = float(torch.linalg.vector_norm(r_try))
+            rn = norm(r_try)
             if rn <= (1 - 1e-4 * step) * prev:
                 break
             step *= 0.5
@@ -99,8 +186,12 @@ def solve_discrete(disc, *, tol: float = 1e-12, max_iter: int = 30, U0=None) -> 
             rn = prev  # no decrease at all: converged to round-off
             break
         U, r = U + step * dU, r_try
-        if step == 1.0 and float(dU.abs().max()) <= tol * max(1.0, float(U.abs().max())):
+        dmax = max(comm.allgather(float(dU.abs().max()) if dU.numel() else 0.0))
+        umax = max(comm.allgather(float(U.abs().max()) if U.numel() else 0.0))
+        if step == 1.0 and dmax <= tol * max(1.0, umax):
             break
     Un = U.numpy()
-    return DirectSolution(U=Un, iterations=it, residual_norm=float(torch.linalg.vector_norm(r)),
-                          time_s=time.perf_counter() - t0, rel_l2_nodes=_rel_l2_nodes(disc, Un))
+    return DirectSolution(U=Un, iterations=it, residual_norm=rn,
+                          time_s=time.perf_counter() - t0, rel_l2_nodes=_rel_l2_nodes(disc, Un),
+                          solver=linear.name if hasattr(linear, "name") else "lu",
+                          linear_iterations=list(linear.its))

@@ -4,14 +4,16 @@ library's ``Problem`` -> ``discretize`` -> ``fit``.
 With no flags: the paper's linear Poisson problem on the unit disk (the authors' 1663-node cloud
 when their node sets are found, else a generated ~1663-node disk cloud; 828 nodes for the heat
 equation, as in the paper), RBF-FD order 4, fp64 DT-PINN, L-BFGS with a strong-Wolfe line
-search, metrics in ``runs/<timestamp>/metrics.json``.
+search; the run folder ``runs/<timestamp>/`` (or ``--out``) gets the resolved ``config.toml``,
+``metrics.json``, the model, the solution at the test points (.npz, VTK), PNG plots and
+``train.log`` (see docs/outputs.md). ``--config FILE.toml`` reads settings from a file
+(docs/config.md); flags override it.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 AUTHORS_FILE = "DiskPoissonNodes.mat"
@@ -30,14 +32,30 @@ class UserError(ValueError):
     """Bad input: reported as one line, exit status 2."""
 
 
+def _reference_candidates() -> list[tuple[Path, str]]:
+    """Where the authors' node sets are looked for, with how that place was chosen:
+    ``$DTPINN_REFERENCE_DIR`` alone when it is set, else ``shared/reference`` beside the
+    repository (the project's layout)."""
+    env = os.environ.get("DTPINN_REFERENCE_DIR")
+    if env:
+        return [(Path(env), "DTPINN_REFERENCE_DIR")]
+    return [(Path(__file__).resolve().parents[3] / "shared" / "reference",
+             "shared/reference beside the repository")]
+
+
 def _reference_dir() -> Path | None:
     # $DTPINN_REFERENCE_DIR, else shared/reference beside the repository (the project layout)
-    cands = [os.environ.get("DTPINN_REFERENCE_DIR"),
-             Path(__file__).resolve().parents[3] / "shared" / "reference"]
-    for c in cands:
-        if c and (Path(c) / AUTHORS_FILE).exists():
-            return Path(c)
+    for c, _ in _reference_candidates():
+        if (c / AUTHORS_FILE).exists():
+            return c
     return None
+
+
+def _reference_missing() -> str:
+    """Why the default run does not use the authors' cloud (for the banner)."""
+    looked = "; ".join(f"{c} ({how})" for c, how in _reference_candidates())
+    return (f"the authors' {AUTHORS_FILE} was not found in {looked}; set "
+            "DTPINN_REFERENCE_DIR to the folder holding it to train on the authors' cloud")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dtpinn_dist.train", allow_abbrev=False,
         description="Train a DT-PINN (RBF-FD derivatives by SpMV) or a vanilla PINN (autograd) "
                     "on a declared PDE. Unknown single-dash options go to PETSc (-log_view).")
-    a = p.add_argument
     g = p.add_argument_group("problem")
     g.add_argument("--problem", choices=["poisson", "nonlinear-poisson", "heat"],
                    default="poisson", help="the paper's problem whose settings are the defaults")
@@ -72,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--test-points", type=int, default=None,
                    help="size of a generated test set (default: about 4N, at most 20000)")
     d = p.add_argument_group("discretisation")
-    d.add_argument("--method", choices=["dt", "vanilla"], default="dt")
+    d.add_argument("--method", choices=["dt", "vanilla", "solve"], default="dt",
+                   help="dt: DT-PINN; vanilla: autograd PINN; solve: no network, the discrete "
+                        "system solved directly by Newton + sparse LU / PETSc KSP (the floor a "
+                        "DT-PINN on these operators can reach; -solve_ksp_type ... configure it)")
     d.add_argument("--dtype", choices=["fp64", "fp32"], default=None,
                    help="default fp64 for dt, fp32 for vanilla (the paper's pairing)")
     d.add_argument("--order", type=int, default=4, help="RBF-FD order p (2..6, default 4)")
@@ -113,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--depth", type=int, default=4)
     o.add_argument("--seed", type=int, default=0)
     r = p.add_argument_group("run")
+    r.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="read settings from a TOML file (docs/config.md); flags given here "
+                        "override it. Every run folder holds its resolved config.toml")
     r.add_argument("--check-lockstep", action="store_true",
                    help="after every evaluation, check that all ranks hold bit-identical "
                         "parameters")
@@ -120,52 +143,131 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
     r.add_argument("--overwrite", action="store_true",
                    help="replace an existing metrics.json in --out")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress on the terminal (RUN/train.log still gets every line)")
     return p
 
 
 def _load_cloud(args, time_dependent: bool):
-    """The point cloud (with ghosts, and test points where available) and a description."""
+    """The point cloud (with ghosts, and test points where available) and its description:
+    where it comes from and why, its actual sizes, and the test set (for the banner, metrics.json
+    and the resolved config.toml)."""
     from ..geometry import load_cloud, load_mat, make_cloud
+    from .config import build_domain
 
+    nodes_n = getattr(args, "nodes_n", None)
     if args.nodes is not None:
         try:
-            cloud = load_cloud(args.nodes, index=args.index)
+            cloud = load_cloud(args.nodes, index=args.index, n=nodes_n)
         except (OSError, KeyError) as exc:
             raise UserError(f"cannot read point cloud {args.nodes}: {exc}") from None
-        return cloud, {"source": str(args.nodes), "index": args.index}
-    ref = _reference_dir()
-    if args.n_points is None and args.domain == "disk" and ref is not None:
-        # the authors' 1663-node cloud; heat: their 828-node set, as in the paper's experiment
-        n_auth = HEAT_N if time_dependent else DEFAULT_N
-        cloud = load_mat(ref / AUTHORS_FILE, n=n_auth)
-        desc = {"source": str(ref / AUTHORS_FILE), "N": n_auth}
-        if not time_dependent and (ref / AUTHORS_TEST_FILE).exists():
-            t = load_mat(ref / AUTHORS_TEST_FILE, index=-1, ghost=False)
-            cloud.test = t.collocation
-            desc["test"] = f"{AUTHORS_TEST_FILE}[-1] ({len(cloud.test)} points)"
-        return cloud, desc
-    n = args.n_points if args.n_points is not None else (HEAT_N if time_dependent else DEFAULT_N)
-    if n < 20:
-        raise UserError(f"--n-points {n} is too small; use at least 20")
-    n_test = None if time_dependent else (args.test_points or min(20000, 4 * n))
-    cloud = make_cloud(args.domain, n=n, seed=args.seed, n_test=n_test)
-    return cloud, {"source": f"generated {args.domain}", "N": n, "n_test": n_test}
+        except ValueError as exc:  # the loaders' one-line messages name the file
+            raise UserError(str(exc)) from None
+        desc = {"kind": "file", "path": str(Path(args.nodes).resolve()), "index": args.index,
+                "n_select": nodes_n, "text": f"{args.nodes}"
+                + (f" (set with N = {nodes_n})" if nodes_n else
+                   f" (set {args.index})" if args.index is not None else "")}
+    else:
+        ref = _reference_dir()
+        default_src = args.n_points is None and args.domain == "disk" \
+            and not getattr(args, "domain_params", None)
+        if default_src and ref is not None:
+            # the authors' 1663-node cloud; heat: their 828-node set, as in the paper's experiment
+            n_auth = HEAT_N if time_dependent else DEFAULT_N
+            cloud = load_mat(ref / AUTHORS_FILE, n=n_auth)
+            how = next((h for c, h in _reference_candidates() if c == ref), "")
+            desc = {"kind": "authors", "path": str((ref / AUTHORS_FILE).resolve()),
+                    "text": f"the authors' {AUTHORS_FILE} (the set with N = {n_auth}) from {ref} "
+                            f"({how})"}
+        else:
+            n = args.n_points if args.n_points is not None else (HEAT_N if time_dependent
+                                                                  else DEFAULT_N)
+            if n < 20:
+                raise UserError(f"--n-points {n} is too small; use at least 20")
+            domain = build_domain(args.domain, getattr(args, "domain_params", None))
+            cloud = make_cloud(domain, n=n, seed=args.seed)
+            desc = {"kind": "generated", "domain": args.domain, "n_requested": int(n),
+                    "seed": args.seed, "text": f"generated {args.domain} (seed {args.seed})"}
+            if default_src:
+                desc["why"] = _reference_missing()
+    desc.update(N=cloud.n_interior + cloud.n_boundary, Ni=cloud.n_interior,
+                Nb=cloud.n_boundary, time_dependent=bool(time_dependent))
+    cloud.test, desc["test"] = _test_set(args, cloud, desc, time_dependent)
+    return cloud, desc
+
+
+def _test_set(args, cloud, desc, time_dependent):
+    """(test points or None, description): a file's nodes, the authors' large set, the cloud's
+    own (.npz), or a generated set; none for time-dependent problems (the error is then
+    measured at the collocation nodes, every time slice)."""
+    from ..geometry import load_cloud, make_test_points
+    from .config import build_domain
+
+    test_nodes = getattr(args, "test_nodes", None)
+    if test_nodes is not None:
+        try:
+            t = load_cloud(test_nodes, index=getattr(args, "test_index", None), ghost=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"test nodes: {exc}") from None
+        return t.collocation, {"kind": "file", "path": str(Path(test_nodes).resolve()),
+                               "index": getattr(args, "test_index", None),
+                               "n": len(t.collocation)}
+    if desc["kind"] == "authors" and not time_dependent:
+        ref = Path(desc["path"]).parent
+        if (ref / AUTHORS_TEST_FILE).exists():
+            from ..geometry import load_mat
+            t = load_mat(ref / AUTHORS_TEST_FILE, index=-1, ghost=False).collocation
+            return t, {"kind": "file", "path": str((ref / AUTHORS_TEST_FILE).resolve()),
+                       "index": -1, "n": len(t)}
+    if cloud.test is not None:
+        return cloud.test, {"kind": "cloud", "n": len(cloud.test)}
+    if time_dependent or desc["kind"] != "generated":
+        return None, {"kind": "none", "n": 0}
+    n_test = args.test_points or min(20000, 4 * desc["n_requested"])
+    domain = build_domain(args.domain, getattr(args, "domain_params", None))
+    t = make_test_points(domain, n_test, seed=args.seed + 7919)  # the seed make_cloud uses
+    return t, {"kind": "generated", "n_requested": int(n_test), "n": len(t)}
+
+
+def cloud_banner(desc: dict) -> list[str]:
+    """Two banner lines: the cloud's source (and why), sizes; the test set."""
+    asked = f"; asked for {desc['n_requested']}" if desc.get("n_requested") else ""
+    lines = [f"cloud: {desc['text']}: N = Ni + Nb = {desc['N']} (Ni = {desc['Ni']}, "
+             f"Nb = {desc['Nb']}{asked})"]
+    if desc.get("why"):
+        lines.append(f"  why generated: {desc['why']}")
+    t = desc.get("test") or {}
+    kind = t.get("kind")
+    if kind == "file":
+        which = "" if t.get("index") is None else \
+            ", its last set" if t["index"] == -1 else f", set {t['index']}"
+        lines.append(f"test set: {t['n']} points, the nodes of {t['path']}{which}")
+    elif kind == "generated":
+        lines.append(f"test set: {t['n']} points generated independently (asked for "
+                     f"{t['n_requested']})")
+    elif kind == "cloud":
+        lines.append(f"test set: {t['n']} points from the cloud file")
+    else:
+        lines.append("test set: none; the error is measured at the N collocation nodes"
+                     + (" (every time slice)" if desc.get("time_dependent") else ""))
+    return lines
 
 
 def _problem(args):
-    """The declared problem from the flags (the paper's --problem supplies the defaults)."""
-    from ..problem import Dirichlet, Neumann, Problem, Robin
+    """The declared problem from the flags and the config file (the paper's --problem supplies
+    the defaults)."""
+    from ..problem import Problem
     from ..problem.paper import PAPER
+    from .config import bc_conditions
 
     preset = PAPER[args.problem]
     # a user's data replaces the paper's exact solution (then without one: no error metric)
     exact = args.exact if (args.exact is not None or args.f is not None) else preset["exact"]
-    bc = {"robin": Robin(1.0, 1.0, args.g), "dirichlet": Dirichlet(args.g),
-          "neumann": Neumann(args.g)}[args.bc]
-    return Problem(args.pde or preset["pde"], bc=bc, exact=exact, f=args.f, initial=args.u0,
+    return Problem(args.pde or preset["pde"], bc=bc_conditions(args), exact=exact, f=args.f,
+                   initial=args.u0,
                    time=tuple(args.time) if args.time is not None else preset.get("time"),
                    nt=args.nt if args.nt is not None else preset.get("nt", 24),
+                   params=getattr(args, "params", None),
                    name=args.problem if args.pde is None else None)
 
 
@@ -179,6 +281,7 @@ def _train_config(args):
     if not (args.lm_memory_gb > 0 and args.lm_memory_gb < float("inf")):
         raise UserError(f"--lm-memory-gb {args.lm_memory_gb}: give a positive number of GB")
     try:
+        # verbose always: the lines go to train.log; --quiet only silences the terminal
         return TrainConfig(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
                            lm=lm_opts, line_search=args.line_search == "strong-wolfe",
                            history_size=args.history_size, max_iter=args.max_iter,
@@ -186,7 +289,8 @@ def _train_config(args):
                            tolerance_change=args.tolerance_change, steps=args.steps,
                            tol=args.tol, time_budget=args.time_budget,
                            eval_every=args.eval_every, seed=args.seed, width=args.width,
-                           depth=args.depth, verbose=not args.quiet)
+                           depth=args.depth, activation=getattr(args, "activation", "tanh"),
+                           verbose=True)
     except ConfigError as exc:
         raise UserError(f"--{exc.param.replace('_', '-')}: {exc}") from None
 
@@ -200,15 +304,17 @@ def _flagged(exc: Exception) -> str:
     return msg
 
 
-def run(args, log=print) -> dict:
+def run(args, log=None) -> dict:
     import torch
 
     from ..comm import as_comm
-    from ..optimizer import TrainConfig, fit
-    from ..outputs import default_out_dir, prepare_out_dir, write_metrics
+    from ..optimizer import Trainer
+    from ..outputs import RunLog
     from ..problem import ExpressionError, discretize
 
     comm = as_comm(None)
+    # rank 0 reports; the others keep their (never attached) log quiet
+    log = log if log is not None else RunLog(quiet=args.quiet or comm.rank != 0)
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads}: give at least 1 thread")
@@ -224,6 +330,8 @@ def run(args, log=print) -> dict:
         problem = _problem(args)
     except (ExpressionError, ValueError) as exc:
         raise UserError(_flagged(exc)) from None
+    # the output folder is checked before any work (writable, not finished, not in use)
+    out = _check_out(args, comm)
     # Rank 0 reads or generates the cloud and every rank gets its bits: ranks never disagree
     # on the nodes (no shared filesystem needed, no last-bit differences between machines).
     cloud, cloud_desc = _load_cloud(args, problem.time_dependent) if comm.rank == 0 \
@@ -234,48 +342,210 @@ def run(args, log=print) -> dict:
         ok, why = cupy_available()
         if not ok:
             raise UserError(f"--backend cupy: {why}")
-
-    # inputs are valid: only now claim the output directory
-    out = None
-    if comm.rank == 0:
-        out = prepare_out_dir(args.out or default_out_dir(), overwrite=args.overwrite)
-    out = comm.bcast(str(out) if out is not None else None)
-
     try:
-        disc = discretize(problem, cloud, args.order, method=args.method, comm=comm,
+        disc = discretize(problem, cloud, args.order,
+                          method="dt" if args.method == "solve" else args.method, comm=comm,
                           backend=args.backend, dtype=args.dtype, device=args.device,
                           partitioner=args.partitioner)
     except ValueError as exc:  # ExpressionError included: bad data, parts, cloud
         raise UserError(_flagged(exc)) from None
     info = disc.info
-    if comm.rank == 0 and not args.quiet:
+    if comm.rank == 0:
+        for line in cloud_banner(cloud_desc):
+            log(line)
+    if args.method == "solve":
+        return _solve(args, disc, problem, cloud_desc, out, comm, log)
+    if comm.rank == 0:
         log(f"{args.method} PINN, {problem.pde} = f, {info['dtype']}, p={args.order}, "
-            f"Ni={cloud.n_interior} Nb={cloud.n_boundary}, backend {info['backend']}, "
-            f"{comm.size} rank(s), setup {info['setup_time_s']:.2f}s -> {out}")
-    printer = (lambda s: log(s, flush=True)) if log is print else log
-    if args.check_lockstep and comm.size > 1:
-        from ..optimizer import Trainer
-        trainer = Trainer(disc, cfg, log=printer)
-        _check_lockstep_on_evaluate(trainer)
+            f"backend {info['backend']}, {comm.size} rank(s), setup "
+            f"{info['setup_time_s']:.2f}s")
+    # inputs are valid and set up: only now claim the output folder (rank 0)
+    rundir = _claim_out(args, comm, out, log)
+    settings = None
+    try:
+        trainer = Trainer(disc, cfg, log=log)
+        settings = _settings(args, problem, info, trainer, cloud_desc, rundir, torch)
+        if comm.rank == 0:
+            _write_config(rundir, args, cloud_desc, problem, trainer)
+    except BaseException:
+        if rundir is not None:
+            if hasattr(log, "close"):
+                log.close()
+            rundir.abandon()  # failed before training: leave nothing behind
+        raise
+    try:
+        if args.check_lockstep and comm.size > 1:
+            _check_lockstep_on_evaluate(trainer)
+        _progress_on_evaluate(trainer, log)
+        if comm.rank == 0 and hasattr(log, "start"):
+            log.start(sum(n for _, n in trainer.phases))
         result = trainer.train()
-    else:
-        res = fit(disc, cfg, log=printer)
-        trainer, result = res.trainer, res.result
+        if hasattr(log, "close_bar"):
+            log.close_bar()  # the lines after training print plainly
+        paths = {}
+        if comm.rank == 0:
+            paths = _write_results(rundir, settings, result, trainer, disc, cloud, comm, log)
+    finally:
+        if rundir is not None:
+            rundir.release()
+        if comm.rank == 0 and hasattr(log, "close"):
+            log.close()
+    # rank 0 knows the folder; the other ranks return at once (no collective after training)
+    return {"out": str(rundir.path) if rundir is not None else None, "result": result,
+            "paths": paths}
+
+
+def _check_out(args, comm):
+    """Rank 0: the folder this run will write (``--out`` or ``runs/<timestamp>``), checked now,
+    before the cloud is read (:func:`~dtpinn_dist.outputs.check_run_dir`); created later."""
+    from ..outputs import check_run_dir, default_out_dir
+
+    if comm.rank != 0:
+        return None
+    out = Path(args.out) if args.out is not None else default_out_dir()
+    check_run_dir(out, overwrite=args.overwrite)
+    return out
+
+
+def _claim_out(args, comm, out, log):
+    """Rank 0: create the folder and its lock (exclusively), attach ``train.log``."""
+    from ..outputs import OutputExistsError, RunDir, default_out_dir
+
+    if comm.rank != 0:
+        return None
+    for _ in range(5):
+        try:
+            rundir = RunDir(out, overwrite=args.overwrite).claim()
+            break
+        except OutputExistsError:
+            if args.out is not None:
+                raise
+            out = default_out_dir()  # another run took this timestamp meanwhile
+    else:  # pragma: no cover - five collisions in a row
+        raise UserError("could not claim a fresh runs/<timestamp> folder; give --out")
+    if hasattr(log, "attach"):
+        log.attach(rundir.file("train.log"))
+    return rundir
+
+
+def _settings(args, problem, info, trainer, cloud_desc, rundir, torch) -> dict:
     settings = dict(vars(args))
     settings.update({"problem_declared": problem.describe(), "dtype": info["dtype"],
                      "backend": info["backend"], "device": info["device"], "lr": trainer.lr,
                      "lr_by_phase": trainer.lrs, "cloud": cloud_desc,
-                     "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,
+                     "n_interior": cloud_desc["Ni"], "n_boundary": cloud_desc["Nb"],
+                     "n_collocation": cloud_desc["N"],
+                     "n_test": (cloud_desc.get("test") or {}).get("n"),
                      "setup_time_s": info["setup_time_s"], "torch": torch.__version__,
-                     "threads": torch.get_num_threads(), "out": out})
-    if comm.rank == 0:
-        path = write_metrics(out, settings, result, ranks=comm.size, overwrite=True)
-        if not args.quiet:
-            err = result.final_rel_l2
-            log(f"final rel_l2 {err if err is None else f'{err:.3e}'}, best "
-                f"{result.best_rel_l2 if result.best_rel_l2 is None else f'{result.best_rel_l2:.3e}'}"
-                f", {result.steps} steps, train {result.train_time_s:.1f}s -> {path}")
-    return {"out": out, "result": result}
+                     "threads": torch.get_num_threads(),
+                     "out": str(rundir.path) if rundir is not None else None})
+    return settings
+
+
+def _write_config(rundir, args, cloud_desc, problem, trainer) -> None:
+    """``config.toml``: the resolved configuration (re-runnable as is)."""
+    from ..atomic import atomic_write
+    from .config import resolved_config
+    from .toml_writer import dumps
+
+    doc, comments = resolved_config(args, cloud_desc, problem, trainer.lrs)
+    header = (f"dtpinn_dist {_version()}: resolved configuration of the run in {rundir.path}\n"
+              f"re-run it: python -m dtpinn_dist.train --config {rundir.path / 'config.toml'} "
+              "[--out NEW_FOLDER]\n"
+              "(format: docs/config.md; the cloud is pinned to the one this run used)")
+    text = dumps(doc, header=header, comments=comments)
+    with atomic_write(rundir.file("config.toml"), "w", what="config") as fh:
+        fh.write(text)
+
+
+def _version() -> str:
+    # the package is imported by now (this module is inside it); no import going up the layers
+    top = sys.modules.get((__package__ or "dtpinn_dist").split(".")[0])
+    return getattr(top, "__version__", "?")
+
+
+def _progress_on_evaluate(trainer, log) -> None:
+    """Every evaluation record also moves the progress bar (if any)."""
+    if not hasattr(log, "record"):
+        return
+    evaluate = trainer.evaluate
+
+    def recorded():
+        rec = evaluate()
+        if trainer.comm.rank == 0:
+            log.record(rec)
+        return rec
+
+    trainer.evaluate = recorded
+
+
+def _write_results(rundir, settings, result, trainer, disc, cloud, comm, log) -> dict:
+    """Rank 0, after training: metrics.json, the model, the solution (.npz, VTK), the plots;
+    then metrics.json again with the list of outputs."""
+    import time
+
+    from ..outputs import write_metrics, write_outputs
+
+    t0 = time.perf_counter()
+    rundir.file("metrics.json")
+    path = write_metrics(rundir.path, settings, result, ranks=comm.size, overwrite=True)
+    points = cloud.test if cloud.test is not None else cloud.collocation
+    out = write_outputs(rundir.path, trainer.model, disc, points, result.history, log=log,
+                        created=rundir.file)
+    files = {k: v for k, v in out.items() if k not in ("time_s", "fields")}
+    settings = dict(settings)
+    sizes = {k: Path(v).stat().st_size for k, v in files.items()}
+    settings["outputs"] = sizes
+    settings["output_time_s"] = time.perf_counter() - t0
+    write_metrics(rundir.path, settings, result, ranks=comm.size, overwrite=True)
+    err = result.final_rel_l2
+    best = result.best_rel_l2
+    log(f"final rel_l2 {err if err is None else f'{err:.3e}'}, best "
+        f"{best if best is None else f'{best:.3e}'}, {result.steps} steps, train "
+        f"{result.train_time_s:.1f}s -> {path}")
+    shown = [k for k in files if not k.startswith("vtk/")]
+    n_vtk = sum(k.startswith("vtk/") for k in files)
+    shown += [f"vtk/ ({n_vtk} files)"] if n_vtk else []
+    log(f"wrote {', '.join(['metrics.json', *shown])} in {rundir.path} "
+        f"({settings['output_time_s']:.2f}s)")
+    return {"metrics.json": path, **files}
+
+
+def _solve(args, disc, problem, cloud_desc, out, comm, log) -> dict:
+    """``--method solve``: the discrete system solved directly; metrics.json records it."""
+    import json
+
+    from ..atomic import atomic_write
+    from ..problem import solve_discrete
+
+    if problem.time_dependent:
+        raise UserError("--method solve is for steady problems (time-dependent problems have "
+                        "no direct discrete solve here)")
+    sol = solve_discrete(disc)
+    doc = {"settings": {**{k: v for k, v in vars(args).items()},
+                        "problem_declared": problem.describe(), "cloud": cloud_desc,
+                        "backend": disc.info["backend"]},
+           "ranks": comm.size, "method": "solve", **sol.summary(),
+           "final_rel_l2": sol.rel_l2_nodes, "best_rel_l2": sol.rel_l2_nodes,
+           "error_points": "interior and boundary nodes"}
+    rundir = _claim_out(args, comm, out, log)
+    path = None
+    try:
+        if comm.rank == 0:
+            path = rundir.file("metrics.json")
+            with atomic_write(path, "w", what="metrics") as fh:
+                json.dump(doc, fh, indent=1, default=str)
+            err = sol.rel_l2_nodes
+            log(f"direct solve ({sol.solver}): {sol.iterations} Newton step(s), linear "
+                f"iterations {sol.linear_iterations}, residual {sol.residual_norm:.2e}, "
+                f"{sol.time_s:.2f}s; rel_l2 at the nodes "
+                f"{'n/a' if err is None else f'{err:.3e}'} -> {path}")
+    finally:
+        if rundir is not None:
+            rundir.release()
+        if comm.rank == 0 and hasattr(log, "close"):
+            log.close()
+    return {"out": str(rundir.path) if rundir is not None else None, "solution": sol}
 
 
 def _check_lockstep_on_evaluate(trainer) -> None:
@@ -293,24 +563,69 @@ def _check_lockstep_on_evaluate(trainer) -> None:
     trainer.evaluate = checked
 
 
-def main(argv=None) -> int:
-    from ..comm import mpi_launched
+def parse_args(argv=None):
+    """``(args, petsc_options)`` from the command line and the ``--config`` file (flags win)."""
+    from .config import apply_config, given_dests, reconcile
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(argv)
+    file_values = apply_config(parser, pre.config) if pre.config else {}
     # What our parser does not know goes to PETSc (-log_view, -mat_type aijcusparse, ...), the
     # way PETSc programs take options; anything else unknown is an error.
     args, petsc_options = parser.parse_known_args(argv)
     if petsc_options and (not petsc_options[0].startswith("-")
                           or any(o.startswith("--") for o in petsc_options)):
         parser.error(f"unrecognized arguments: {' '.join(petsc_options)}")
+    reconcile(args, given_dests(parser, argv), file_values)
+    return args, petsc_options
+
+
+def _parse_once(argv):
+    """Parse on rank 0 only (the config file is read there, as the cloud is) and broadcast:
+    one message for bad input, never one per rank. Returns ``(args, petsc_options)`` or an
+    exit status."""
+    from ..comm import as_comm, mpi_launched
+    from .config import ConfigFileError
+
+    def parse(catch_exit: bool):
+        try:
+            return parse_args(argv)
+        except SystemExit as exc:  # argparse printed its message (or --help)
+            if not catch_exit:
+                raise
+            return exc.code if isinstance(exc.code, int) else 2
+        except (ConfigFileError, UserError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    if not mpi_launched():
+        return parse(catch_exit=False)
+    comm = as_comm(None)
+    res = parse(catch_exit=True) if comm.rank == 0 else None
+    return comm.bcast(res)
+
+
+def main(argv=None) -> int:
+    from ..comm import mpi_launched
+
+    parsed = _parse_once(argv)
+    if not isinstance(parsed, tuple):
+        return int(parsed or 0)
+    args, petsc_options = parsed
     if petsc_options:
+        # PETSc programs take single-dash options; they only mean something to the PETSc backend
+        petsc_run = args.backend == "petsc" or (args.backend is None and mpi_launched())
+        if not petsc_run:
+            print(f"error: PETSc options {' '.join(petsc_options)} need the PETSc backend: add "
+                  "--backend petsc (or run under mpirun); trainer flags take two dashes",
+                  file=sys.stderr)
+            return 2
+        if "-options_left" not in petsc_options:  # PETSc warns about options nobody used
+            petsc_options = petsc_options + ["-options_left"]
         # PETSc reads these at initialisation (-log_view, -mat_type aijcusparse, ...)
         os.environ["PETSC_OPTIONS"] = " ".join(
             [os.environ.get("PETSC_OPTIONS", "")] + petsc_options).strip()
-        if args.backend not in (None, "petsc"):
-            print(f"error: PETSc options {' '.join(petsc_options)} need --backend petsc",
-                  file=sys.stderr)
-            return 2
     if mpi_launched():
         # An error on one rank (rank 0 alone claims --out, reads files, ...) must end the whole
         # job, not leave the others waiting in a collective: every exception aborts the job
@@ -323,15 +638,13 @@ def main(argv=None) -> int:
 
 
 def _run_reporting(args) -> int:
-    from ..outputs import OutputExistsError
-    from ..problem import ExpressionError
     try:
         run(args)
-    except (UserError, ExpressionError, OutputExistsError) as exc:
+    except ValueError as exc:  # bad input, in the library's words (all its errors subclass it)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, ImportError, OSError) as exc:
-        # known failure kinds from the library (bad shapes, missing cupy/GPU, files): one line
+    except (RuntimeError, ImportError, OSError) as exc:
+        # known failure kinds from the library (missing cupy/GPU, files): one line
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
