@@ -4,7 +4,9 @@ folders (machine, load, versions, the command, the table, 'what we see vs the pa
     python benchmarks/paper/report.py runs/paper/*-reduced --images docs/paper > results.md
 
 ``--images DIR`` copies each run's JSON and PNG files into DIR and links them from there
-(relative to ``--relative-to``, default the folder of DIR's parent, i.e. ``docs/``).
+(relative to ``--relative-to``, default the folder of DIR's parent, i.e. ``docs/``). Without
+``--images``, ``--relative-to DIR`` links the files where they lie (e.g. the committed
+``benchmarks/results/paper/*-reduced`` folders, from ``docs/``).
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def section(doc: dict, folder: Path, images: Path | None, rel_to: Path | None) -
         for f in pngs + [folder / f"{fig}.json"]:
             shutil.copy2(f, images / f.name)
         base = Path(os.path.relpath(images, rel_to)) if rel_to else images
+        lines += [f"![{p.stem}]({(base / p.name).as_posix()})" for p in pngs]
+        lines += ["", f"All numbers: [`{fig}.json`]({(base / (fig + '.json')).as_posix()})."]
+    elif rel_to is not None:
+        base = Path(os.path.relpath(folder, rel_to))
         lines += [f"![{p.stem}]({(base / p.name).as_posix()})" for p in pngs]
         lines += ["", f"All numbers: [`{fig}.json`]({(base / (fig + '.json')).as_posix()})."]
     return "\n".join(lines) + "\n"
