@@ -172,17 +172,22 @@ def case(kind, n, budget, args, with_deepxde):
     rows["lbfgs"] = summarize("lbfgs", hist, res, info)
     hist_lbfgs = hist
 
-    hist, res, lm, info = run_fit(disc, budget, optimizer="gn", eval_every=1,
-                                  lm={"step": "auto"})
-    rows["gn"] = summarize("gn", hist, res, {**info, **lm_summary(lm)})
+    if "gn" in args.methods:
+        hist, res, lm, info = run_fit(disc, budget, optimizer="gn", eval_every=1,
+                                      lm={"step": "auto"})
+        rows["gn"] = summarize("gn", hist, res, {**info, **lm_summary(lm)})
 
     # hybrid: the L-BFGS run's iterates until switch * budget, then GN auto
-    t_switch = args.switch * budget
-    k = max([h["step"] for h in hist_lbfgs if h["time_s"] <= t_switch] + [1])
-    hist, res, lm, info = run_fit(disc, budget, schedule=f"lbfgs:{k},gn:{10 ** 6}",
-                                  eval_every=1, lm={"step": "auto"})
-    rows["hybrid"] = summarize("hybrid", hist, res,
-                               {**info, **lm_summary(lm), "lbfgs_steps": k})
+    if "hybrid" not in args.methods:
+        t_switch = None
+    else:
+        t_switch = args.switch * budget
+    if t_switch is not None:
+        k = max([h["step"] for h in hist_lbfgs if h["time_s"] <= t_switch] + [1])
+        hist, res, lm, info = run_fit(disc, budget, schedule=f"lbfgs:{k},gn:{10 ** 6}",
+                                      eval_every=1, lm={"step": "auto"})
+        rows["hybrid"] = summarize("hybrid", hist, res,
+                                   {**info, **lm_summary(lm), "lbfgs_steps": k})
 
     if with_deepxde:
         print("  deepxde (subprocess) ...", flush=True)
@@ -205,7 +210,7 @@ def case(kind, n, budget, args, with_deepxde):
     ratios = {}
     for base in ("deepxde", "lbfgs"):
         for name in ("lbfgs", "gn", "hybrid"):
-            if name == base or base not in rows:
+            if name == base or base not in rows or name not in rows:
                 continue
             for t in targets:
                 a, b = rows[base].get("time_to", {}).get(t), rows[name].get("time_to", {}).get(t)
@@ -238,6 +243,10 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=5, help="L-BFGS evaluation interval")
     ap.add_argument("--deepxde", action="store_true", help="run DeepXDE (subprocess)")
     ap.add_argument("--deepxde-time", type=float, default=None)
+    ap.add_argument("--methods", default="gn,hybrid",
+                    help="GN runs besides L-BFGS and the direct solve: gn, hybrid")
+    ap.add_argument("--cases", default=None,
+                    help="KIND:N list, e.g. 'poisson:4977' (default: by mode)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -246,9 +255,12 @@ def main(argv=None):
     cases = [("poisson", 4977), ("nonlinear-poisson", 4977)]
     if full:
         cases += [("poisson", 19638)]
+    if args.cases:
+        cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")]
     out = {"host": platform.node(), "threads": 1, "mode": "full" if full else "reduced",
            "budget_s": budget, "load_start": load(), "deepxde_earlier": DEEPXDE_EARLIER,
            "cases": []}
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for kind, n in cases:
         out["cases"].append(case(kind, n, budget, args,
                                  args.deepxde and kind == "poisson"))
