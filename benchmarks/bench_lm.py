@@ -160,7 +160,7 @@ def main(argv=None):
     ap.add_argument("--order", type=int, default=4)
     ap.add_argument("--lm-steps", type=int, default=60)
     ap.add_argument("--lm-time", type=float, default=300.0, help="LM training-time budget (s)")
-    ap.add_argument("--lm-step", default="auto", choices=["auto", "dense", "cg"])
+    ap.add_argument("--lm-step", default="auto", choices=["auto", "dense", "cg", "lagged"])
     ap.add_argument("--cg-maxiter", type=int, default=100)
     ap.add_argument("--lbfgs-time", type=float, default=120.0,
                     help="L-BFGS training-time budget per case (s); 0 skips L-BFGS")

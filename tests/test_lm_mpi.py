@@ -1,5 +1,6 @@
 """Levenberg-Marquardt over MPI/PETSc: distributed J v and J^T y equal the serial ones, and the
-parameters stay bit-identical on every rank through LM iterations (dense and CG steps).
+parameters stay bit-identical on every rank through LM iterations (every step kind), and the
+distributed iterates follow the serial ones.
 
 Runs unchanged serially and under ``mpirun -n 2`` / ``-n 3`` (``pytest -m mpi``): every rank
 builds the serial reference on the whole cloud and compares its own rows.
@@ -101,33 +102,74 @@ def test_distributed_jvp_vjp_equal_serial(comm, cloud, kind, spread):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("kind", ["poisson", "nonlinear-poisson"])
+def test_distributed_factor_products_equal_serial(comm, cloud, kind, spread):
+    """The structured products J v = A (Ju v), J^T y = Ju^T (A^T y) (layer factors, A over
+    PETSc with the halo exchange inside matmat / rmatmat) against the serial ones."""
+    serial, dist = _pair(kind, cloud, comm)
+    _, _, S = _setup(serial)
+    _, _, D = _setup(dist)
+    th = S.get_params()
+    linS, linD = S.linearize(th), D.linearize(th)
+    assert linS.kind == linD.kind == "factors"
+    rows = _serial_rows(kind, dist, serial, comm.rank)
+    gen = torch.Generator().manual_seed(8)  # same draws on every rank
+    v = torch.randn(th.numel(), generator=gen, dtype=th.dtype)
+    y = torch.randn(linS.r.numel(), generator=gen, dtype=th.dtype)
+
+    def check(name, err, tol):
+        spread(f"lm_mpi.factors.{name}", err, tol)
+        assert err <= tol, (name, err)
+
+    check("residual", (linD.r - linS.r[rows]).abs().max() / linS.r.abs().max(), RTOL)
+    JvS, JvD = linS.jvp(v), linD.jvp(v)
+    check("jvp", (JvD - JvS[rows]).abs().max() / JvS.abs().max(), DERIV_RTOL)
+    gS = linS.vjp(y)
+    gD = comm.sum(linD.vjp(y[rows].contiguous()))
+    check("vjp", torch.linalg.norm(gD - gS) / torch.linalg.norm(gS), DERIV_RTOL)
+    assert comm.same_on_all_ranks(gD)
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("kind,step,n", [("poisson", "dense", 5), ("nonlinear-poisson", "dense", 4),
-                                         ("heat", "cg", 2)])
+                                         ("poisson", "cg", 3), ("nonlinear-poisson", "lagged", 4),
+                                         ("nonlinear-poisson", "auto", 4), ("heat", "cg", 2)])
 def test_lm_lockstep_bit_identical_parameters(comm, cloud, kind, step, n):
     """Parameters hash identically on all ranks after every LM iteration, and the loss history
-    follows the serial run (same steps accepted, losses to round-off)."""
+    follows the serial run (same step kinds, same steps accepted, losses to round-off)."""
     serial, dist = _pair(kind, cloud, comm)
     histories = {}
     for name, system in (("serial", serial), ("dist", dist)):
         prob, model, lsq = _setup(system)
-        lm = LevenbergMarquardt(lsq, step=step, form="primal", cg_maxiter=30)
+        # CG solved tightly (see below); auto: 5 CG iterations, so it switches to lagged
+        lm = LevenbergMarquardt(lsq, step=step, form="primal", cg_tol=1e-10,
+                                cg_maxiter=5 if step == "auto" else 400)
         for _ in range(n):
             lm.step()
             if system is dist:
                 flat = lsq.get_params()
                 assert comm.same_on_all_ranks(flat), f"ranks diverged at LM step {lm.steps}"
                 assert len(set(comm.allgather(tensor_hash(flat)))) == 1
-                assert len(set(comm.allgather((lm.lam, lm.evals, lm.n_accepted)))) == 1
+                assert len(set(comm.allgather((lm.lam, lm.evals, lm.n_accepted, lm.cg_iters,
+                                               lm.rebuilds)))) == 1
         histories[name] = lm.history
     s, d = histories["serial"], histories["dist"]
     ls, ld = np.array([h["loss"] for h in s]), np.array([h["loss"] for h in d])
     assert ld[-1] < d[0]["loss_before"] and ls[-1] < s[0]["loss_before"]
-    if step == "dense":
-        # Same steps, same accept/reject decisions, losses to round-off. (CG's preconditioner
-        # and damping scale come from random probes drawn per rank, so a distributed CG run
-        # follows its own, equally valid, trajectory: only its lockstep is exact.)
-        assert [h["accepted"] for h in s] == [h["accepted"] for h in d]
-        np.testing.assert_allclose(ld, ls, rtol=1e-7)
+    if step == "auto":
+        assert [h["kind"] for h in d][-1] == "lagged"
+    # Same kinds, same accept/reject decisions, losses close. The damping scale of a first CG
+    # step comes from parameter-space probes drawn from one seeded generator (the same on any
+    # rank count), so CG runs follow the serial trajectory too. The distributed products differ
+    # from the serial ones by round-off (DERIV_RTOL above), which each solve amplifies by its
+    # condition number: direct and converged CG solves (cg_tol 1e-10) keep the losses within
+    # 1e-7 relative; TRUNCATED Krylov solves (auto: 5 CG iterations; lagged and auto: PCG with
+    # a stale factor that misses 1e-10 in lag_maxiter = 20) are not backward stable and amplify
+    # it further (measured 3.7e-6 after 4 steps on one PETSc rank against torch CSR, 3.2e-7 on
+    # 3 ranks): 1e-4 there. Across ranks the bits are identical (asserted above).
+    assert [h["kind"] for h in s] == [h["kind"] for h in d]
+    assert [h["accepted"] for h in s] == [h["accepted"] for h in d]
+    np.testing.assert_allclose(ld, ls, rtol=1e-4 if step in ("auto", "lagged") else 1e-7)
 
 
 @pytest.mark.mpi

@@ -87,6 +87,8 @@ def test_cli_schedule_lbfgs_then_lm(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--optimizer", "lm", "--method", "vanilla"], "--method dt"),
+    (["--optimizer", "gn", "--method", "vanilla"], "--method dt"),
+    (["--schedule", "lbfgs:2, GN:3", "--method", "vanilla"], "--method dt"),
     (["--schedule", "lbfgs:3,newton:2"], "schedule"),
     (["-log_view", "--backend", "torch"], "--backend petsc"),
 ])

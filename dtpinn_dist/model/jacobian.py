@@ -14,8 +14,8 @@ from torch.func import functional_call
 
 from .params import flatten
 
-__all__ = ["mlp_factors", "mlp_value_jacobian", "mlp_ntk", "mlp_vjp", "network_jacobian",
-           "is_plain_mlp", "unflatten"]
+__all__ = ["mlp_factors", "mlp_value_jacobian", "mlp_jacobian_columns", "mlp_ntk", "mlp_vjp",
+           "mlp_jvp", "network_jacobian", "is_plain_mlp", "unflatten"]
 
 
 def unflatten(model: nn.Module, theta: torch.Tensor) -> dict:
@@ -118,21 +118,66 @@ def mlp_value_jacobian(model: nn.Module, x: torch.Tensor):
     Ju : (n, n_params) tensor, columns in ``model.parameters()`` order.
     """
     u, factors = mlp_factors(model, x)
-    n = x.shape[0]
+    n_params = sum(p.numel() for p in model.parameters())
+    return u, mlp_jacobian_columns(model, factors, 0, n_params)
+
+
+def _blocks(model: nn.Module, factors):
+    """``(start, parameter, kind, delta, a)`` per weight and bias, flat positions in
+    ``model.parameters()`` order (kind "W": columns ``delta_o a_i``; "b": columns ``delta_o``)."""
     where, i = {}, 0
     for p in model.parameters():
         where[id(p)] = i
         i += p.numel()
-    Ju = torch.empty(n, i, dtype=x.dtype, device=x.device)
+    out = []
+    for m, delta, a in factors:
+        out.append((where[id(m.weight)], m.weight, "W", delta, a))
+        if m.bias is not None:
+            out.append((where[id(m.bias)], m.bias, "b", delta, a))
+    return sorted(out, key=lambda t: t[0])
+
+
+def mlp_jacobian_columns(model: nn.Module, factors, j0: int, j1: int) -> torch.Tensor:
+    """Columns ``j0:j1`` of ``Ju`` (flat ``model.parameters()`` order) from the factors.
+
+    Only the requested columns are written, so a caller can walk ``Ju`` in blocks of columns
+    (``J = A Ju`` block by block) without ever holding all of ``Ju``.
+    """
+    n = factors[0][2].shape[0]
+    ref = factors[0][1]
+    out = torch.empty(n, j1 - j0, dtype=ref.dtype, device=ref.device)
     with torch.no_grad():
-        for m, delta, a in factors:
-            j = where[id(m.weight)]
-            k = m.weight.numel()
-            torch.mul(delta[:, :, None], a[:, None, :], out=Ju[:, j:j + k].view(n, *m.weight.shape))
-            if m.bias is not None:
-                j = where[id(m.bias)]
-                Ju[:, j:j + m.bias.numel()] = delta
-    return u, Ju
+        for start, p, kind, delta, a in _blocks(model, factors):
+            lo, hi = max(j0, start), min(j1, start + p.numel())
+            if lo >= hi:
+                continue
+            if kind == "b":
+                out[:, lo - j0:hi - j0] = delta[:, lo - start:hi - start]
+                continue
+            k_in = p.shape[1]
+            o0, o1 = (lo - start) // k_in, (hi - start - 1) // k_in + 1
+            blk = (delta[:, o0:o1, None] * a[:, None, :]).reshape(n, -1)
+            off = start + o0 * k_in
+            out[:, lo - j0:hi - j0] = blk[:, lo - off:hi - off]
+    return out
+
+
+def mlp_jvp(model: nn.Module, factors, v: torch.Tensor) -> torch.Tensor:
+    """``Ju v`` for a flat parameter vector ``v`` from the factors, without forming ``Ju``.
+
+    ``du = sum_k rowsum(delta_k * (a_k V_k^T + v_bk))``: one (n x in) x (in x out) product per
+    layer, about the cost of a forward pass.
+    """
+    out = None
+    with torch.no_grad():
+        for start, p, kind, delta, a in _blocks(model, factors):
+            blk = v[start:start + p.numel()]
+            if kind == "W":
+                t = ((a @ blk.view(p.shape).T) * delta).sum(1)
+            else:
+                t = delta @ blk
+            out = t if out is None else out + t
+    return out
 
 
 def mlp_ntk(factors) -> torch.Tensor:

@@ -1,89 +1,87 @@
-"""Matrix-free damped Gauss-Newton steps: preconditioned CG on ``(J^T J + lam D) p = -J^T r``.
+"""Matrix-free Gauss-Newton: ``J^T J v`` from two products, (preconditioned) CG, the damping scale.
 
-Only ``J v`` (forward mode) and ``J^T y`` (reverse mode) are needed, so this works for every
-problem (heat included) and never stores ``J``. Distributed: parameter-space vectors are
-replicated (every rank holds the same bits) and residual-space vectors are split by rows, so
-``J^T y`` and ``||J v||^2`` are reduced with ``comm.sum`` (bit-identical on all ranks) and the
-parameter-space CG inner products, computed from identical bits by identical code, are identical
-on every rank without a further reduction. Every branch (CG stop, LM accept) therefore agrees.
+Only ``J v`` and ``J^T y`` of a :class:`~dtpinn_dist.optimizer.least_squares.Linearization` are
+used, so this works for every problem (heat included) and never stores ``J``. Distributed:
+parameter-space vectors are replicated (every rank holds the same bits) and residual-space
+vectors are split by rows, so ``J^T y`` and ``||J v||^2`` are reduced with ``comm.sum``
+(bit-identical on all ranks); the parameter-space CG inner products, computed from identical bits
+by identical code, are identical on every rank without a further reduction. Every branch (CG
+stop, LM accept) therefore agrees, and the CG iterates are the serial ones up to the summation
+order inside ``comm.sum`` (round-off).
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["gn_matvec", "estimate_jtj_diag", "pcg"]
+__all__ = ["normal_matvec", "frobenius_scale", "pcg"]
 
 
-def gn_matvec(lsq, theta, v, comm):
-    """``J^T J v`` summed over ranks (one jvp, one vjp, one reduction)."""
-    return comm.sum(lsq.vjp(theta, lsq.jvp(theta, v)))
+def normal_matvec(lin, comm, v: torch.Tensor) -> torch.Tensor:
+    """``J^T J v`` summed over ranks (one ``J v``, one ``J^T y``, one P-vector reduction)."""
+    return comm.sum(lin.vjp(lin.jvp(v)))
 
 
-def estimate_jtj_diag(lsq, theta, comm, n_probes: int = 8, seed: int = 0):
-    """Estimate ``diag(J^T J)`` (squared column norms of J) from Rademacher probes.
+def frobenius_scale(lin, comm, n_params: int, n_probes: int = 4, seed: int = 0) -> float:
+    """``||J||_F^2 / P`` (the mean diagonal of ``J^T J``: Levenberg's damping scale), estimated
+    by ``E ||J v||^2 = ||J||_F^2`` over Rademacher ``v`` in PARAMETER space.
 
-    ``E[(J^T z)_j^2] = sum_i J_ij^2`` for ``z`` with independent +-1 entries; each probe costs
-    one vjp. The probe vectors live in residual space (this rank's rows), drawn from a generator
-    seeded by ``(seed, rank)`` so runs are reproducible; the reduced estimate is identical on all
-    ranks.
-
-    Returns
-    -------
-    (n_params,) tensor, non-negative.
+    The probes are drawn from one seeded generator, the same on every rank, so the estimate is
+    the same for any rank count (up to the round-off of ``comm.sum``), unlike residual-space
+    probes, which would follow the partition. Each probe costs one ``J v``.
     """
-    r_shape = lsq.jacobian_shape()[0]
-    gen = torch.Generator().manual_seed(int(seed) * 1000003 + int(getattr(comm, "rank", 0)))
-    acc = torch.zeros(lsq.n_params, dtype=theta.dtype, device=theta.device)
+    gen = torch.Generator().manual_seed(int(seed))
+    acc = 0.0
     for _ in range(n_probes):
-        z = (torch.randint(0, 2, (r_shape,), generator=gen) * 2 - 1).to(theta.dtype)
-        acc += comm.sum(lsq.vjp(theta, z.to(theta.device))) ** 2
-    return acc / n_probes
+        v = (torch.randint(0, 2, (n_params,), generator=gen) * 2 - 1).to(lin.r.dtype)
+        Jv = lin.jvp(v.to(lin.r.device))
+        acc += float(comm.sum((Jv * Jv).sum()))
+    return acc / n_probes / n_params
 
 
-def pcg(matvec, b, precond_diag, tol: float = 1e-4, maxiter: int = 100):
-    """Jacobi-preconditioned conjugate gradients for SPD ``A x = b`` (``x0 = 0``).
+def pcg(matvec, b: torch.Tensor, precond=None, tol: float = 1e-2, maxiter: int = 100):
+    """Preconditioned conjugate gradients for SPD ``M x = b`` from ``x0 = 0``.
 
     Parameters
     ----------
     matvec : callable
-        ``v -> A v`` (replicated vectors in, replicated out).
+        ``v -> M v`` (replicated vectors in, replicated out).
     b : tensor
-    precond_diag : tensor
-        Positive diagonal ``M`` of the preconditioner (``M^-1`` is applied).
+    precond : callable, optional
+        ``r -> P^{-1} r`` for an SPD preconditioner ``P`` (None: the identity).
     tol : float
-        Stop when ``||b - A x|| <= tol ||b||``.
+        Stop when ``||b - M x|| <= tol ||b||`` (the true relative residual of the iterate).
     maxiter : int
 
     Returns
     -------
     x : tensor
     info : dict
-        ``iters``, ``rel_res`` (relative residual norm at exit).
+        ``iters``, ``rel_res`` (relative residual norm at exit), ``converged`` (met ``tol``).
     """
     x = torch.zeros_like(b)
+    bnorm = float(torch.linalg.vector_norm(b))
+    if bnorm == 0:
+        return x, {"iters": 0, "rel_res": 0.0, "converged": True}
     r = b.clone()
-    z = r / precond_diag
+    z = r if precond is None else precond(r)
     p = z.clone()
     rz = torch.dot(r, z)
-    bnorm = torch.linalg.vector_norm(b)
-    it = 0
-    rel = 1.0
-    if bnorm == 0:
-        return x, {"iters": 0, "rel_res": 0.0}
+    it, rel, ok = 0, 1.0, False
     while it < maxiter:
-        Ap = matvec(p)
-        pAp = torch.dot(p, Ap)
-        if not pAp > 0:  # breakdown (loss of positive definiteness in round-off): stop here
+        Mp = matvec(p)
+        pMp = torch.dot(p, Mp)
+        if not pMp > 0:  # breakdown (loss of positive definiteness in round-off): stop here
             break
-        alpha = rz / pAp
+        alpha = rz / pMp
         x = x + alpha * p
-        r = r - alpha * Ap
+        r = r - alpha * Mp
         it += 1
-        rel = float(torch.linalg.vector_norm(r) / bnorm)
+        rel = float(torch.linalg.vector_norm(r)) / bnorm
         if rel <= tol:
+            ok = True
             break
-        z = r / precond_diag
+        z = r if precond is None else precond(r)
         rz_new = torch.dot(r, z)
         p = z + (rz_new / rz) * p
         rz = rz_new
-    return x, {"iters": it, "rel_res": rel}
+    return x, {"iters": it, "rel_res": rel, "converged": ok}

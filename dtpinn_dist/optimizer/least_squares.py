@@ -3,13 +3,21 @@
 A DT-PINN residual depends on the weights ``w`` only through the network: ``r(w) = R(u(w))``
 with ``R`` built from the sparse RBF-FD operators (paper eqs. (12), (16)). So
 
-* matrix-free products ``J v`` (forward mode) and ``J^T y`` (reverse mode) go through
-  ``Discretization.residual`` itself and cover every problem, time-dependent ones included;
-* for steady DT problems the dense Jacobian is ``J = (dR/du) Ju``: the network Jacobian ``Ju``
-  (:mod:`dtpinn_dist.model.jacobian`) times the linearisation the declaration provides
-  (:meth:`~dtpinn_dist.problem.discrete.Discretization.linearization`: the linear operator plus
-  ``diag(dR/d(D_j u)) D_j``), applied through ``LinearOperator.matmat`` (a PETSc MatMatMult when
-  distributed). Nothing is detected: the structure is declared.
+* for steady DT problems ``J = A Ju``: the network Jacobian ``Ju``
+  (:mod:`dtpinn_dist.model.jacobian`) times the linearisation ``A = dR/du`` the declaration
+  provides (:meth:`~dtpinn_dist.problem.discrete.Discretization.linearization`: the linear
+  operator plus ``diag(dR/d(D_j u)) D_j``, and its transpose), applied through
+  ``LinearOperator.matmat`` / ``rmatmat`` (PETSc MatMatMult / MatTransposeMatMult when
+  distributed, halo exchange inside). For a plain MLP ``J v = A (Ju v)`` and
+  ``J^T y = Ju^T (A^T y)`` come from the layer factors without forming ``Ju`` (about one forward
+  pass each), and the dense ``J`` is built block of columns by block. Nothing is detected: the
+  structure is declared;
+* otherwise (time-dependent problems, other networks) ``J v`` by forward mode and ``J^T y`` by
+  reverse mode through ``Discretization.residual`` itself (:meth:`PINNLeastSquares.linearize`
+  keeps one graph per linearisation for all ``J^T y``).
+
+:meth:`LeastSquaresProblem.linearize` gives everything a Gauss-Newton step needs at one point
+(:class:`Linearization`).
 
 Parameter vectors are flat tensors in ``model.parameters()`` order and are replicated (every rank
 holds the same bits). Residual vectors are distributed: each rank holds its rows.
@@ -19,16 +27,22 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 from torch.autograd import forward_ad as fwAD
 from torch.func import functional_call
 
-from ..model.jacobian import (is_plain_mlp, mlp_factors, mlp_ntk, mlp_vjp, network_jacobian,
-                              unflatten)
+from ..model.jacobian import (is_plain_mlp, mlp_factors, mlp_jacobian_columns, mlp_jvp, mlp_ntk,
+                              mlp_vjp, network_jacobian, unflatten)
 from ..model.params import copy_flat_into, flatten
 
-__all__ = ["LeastSquaresProblem", "DenseLeastSquares", "PINNLeastSquares", "JacobianTooLarge"]
+__all__ = ["LeastSquaresProblem", "DenseLeastSquares", "PINNLeastSquares", "JacobianTooLarge",
+           "Linearization", "gram_of_columns"]
+
+#: Columns of ``J`` formed per block when the dense ``J`` is built from ``A`` and ``Ju``: bounds
+#: the temporaries (and the dense work blocks a PETSc operator keeps per block width).
+JACOBIAN_BLOCK = 512
 
 
 class JacobianTooLarge(MemoryError):
@@ -52,6 +66,69 @@ def _model_at(model: nn.Module, theta: torch.Tensor) -> nn.Module:
     m = copy.deepcopy(model)
     copy_flat_into(theta, m.parameters())
     return m
+
+
+def gram_of_columns(J: torch.Tensor) -> torch.Tensor:
+    """``J^T J`` (symmetric, both triangles). For float64 CPU tensors by BLAS ``dsyrk`` (one
+    triangle: half the flops of ``J.T @ J``), mirrored in place; else ``J.T @ J``."""
+    if J.device.type != "cpu" or J.dtype != torch.float64 or not J.is_contiguous():
+        return J.T @ J
+    from scipy.linalg.blas import dsyrk
+
+    # J (C order, m x P) is J^T in Fortran order: dsyrk(J^T) = J^T J, lower triangle only
+    H = torch.from_numpy(dsyrk(1.0, J.numpy().T, lower=1))
+    H.add_(H.tril(-1).T)
+    return H.T  # symmetric: the transpose is the same matrix, C-contiguous
+
+
+class Linearization:
+    """A least-squares problem at one point ``theta``: what a Gauss-Newton step needs.
+
+    Attributes
+    ----------
+    r : tensor
+        This rank's residual rows at ``theta``.
+    kind : str
+        How the products are computed: ``"factors"`` (``A`` and the MLP's layer factors),
+        ``"autograd"`` (forward / reverse mode through the residual) or ``"explicit"``.
+    fast_jacobian : bool
+        Whether the dense ``J`` costs about as much as a few products per column block (it is
+        built from the structure), not one forward-mode pass per parameter.
+
+    Methods ``jvp(v)`` (``J v``, this rank's rows), ``vjp(y)`` (this rank's share of ``J^T y``:
+    sum over ranks with ``comm.sum``), ``jacobian()`` (this rank's rows of the dense ``J``),
+    ``normal()`` (this rank's ``J^T J``, P x P: sum over ranks), ``gram()`` (``J J^T`` by the
+    tangent kernel, serial plain MLPs only, else None). ``products`` counts ``jvp`` + ``vjp``
+    calls.
+    """
+
+    def __init__(self, r, jvp, vjp, jacobian, kind, fast_jacobian=True, gram=None,
+                 n_params=None):
+        self.r, self.kind, self.fast_jacobian = r, kind, bool(fast_jacobian)
+        self._jvp, self._vjp, self._jacobian, self._gram = jvp, vjp, jacobian, gram
+        self.n_params = n_params
+        self.products = 0
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self._jvp(v)
+
+    def vjp(self, y: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self._vjp(y)
+
+    def jacobian(self) -> torch.Tensor:
+        return self._jacobian()
+
+    def normal(self) -> torch.Tensor:
+        """``J_local^T J_local`` (P x P) from this rank's rows of ``J`` (n_r x P: the one
+        O(N P / ranks) array; built in blocks of ``JACOBIAN_BLOCK`` columns when the structure
+        gives them, so ``Ju`` is never whole)."""
+        return gram_of_columns(self.jacobian())
+
+    def gram(self):
+        """``J J^T`` (rows x rows) from the network's tangent kernel, or None."""
+        return None if self._gram is None else self._gram()
 
 
 class LeastSquaresProblem:
@@ -96,6 +173,18 @@ class LeastSquaresProblem:
     def jacobian_shape(self) -> tuple[int, int]:
         """(local rows, parameters) of the dense Jacobian."""
         raise NotImplementedError
+
+    def linearize(self, theta: torch.Tensor) -> Linearization:
+        """Residual and products at ``theta`` (default: this problem's own methods)."""
+        def gram():
+            J = self.jacobian(theta)[1]
+            return J @ J.T
+
+        return Linearization(self.residual(theta), lambda v: self.jvp(theta, v),
+                             lambda y: self.vjp(theta, y), lambda: self.jacobian(theta)[1],
+                             kind="explicit", fast_jacobian=self.has_fast_jacobian(),
+                             gram=gram if self.comm.size == 1 else None,
+                             n_params=self.n_params)
 
 
 class DenseLeastSquares(LeastSquaresProblem):
@@ -204,6 +293,80 @@ class PINNLeastSquares(LeastSquaresProblem):
     def has_fast_jacobian(self) -> bool:
         return bool(self.disc.has_structure)
 
+    def _mlp_at(self, theta):
+        """``(model copy, u, factors)`` when the factor products apply (plain MLP, and its
+        hand-derived values equal ``model(X)``: a custom forward that merely looks like an MLP
+        falls back), else None."""
+        if not (self.disc.has_structure and is_plain_mlp(self.model)):
+            return None
+        m = _model_at(self.model, theta)
+        u, factors = mlp_factors(m, self._x)
+        with torch.no_grad():
+            ref = m(self._x).reshape(-1)
+        top = float(ref.abs().max()) if ref.numel() else 0.0  # a rank may own no nodes
+        if not torch.allclose(u, ref, rtol=1e-12, atol=1e-12 * max(1.0, top)):
+            return None
+        return m, u, factors
+
+    def linearize(self, theta) -> Linearization:
+        """Residual and Jacobian products at ``theta``.
+
+        Steady DT problem with a plain MLP: ``J v = A (Ju v)``, ``J^T y = Ju^T (A^T y)`` with
+        ``A`` = :meth:`~dtpinn_dist.problem.discrete.Discretization.linearization` and its
+        transpose, ``Ju`` products from the layer factors (one forward and one backward sweep
+        at ``theta``, then ~one forward pass per product). Otherwise forward / reverse mode
+        through the residual; the reverse-mode graph is built once and kept for every ``J^T y``.
+        """
+        mlp = self._mlp_at(theta)
+        if mlp is not None:
+            return self._factor_linearization(theta, *mlp)
+        th = theta.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            r_graph = self.disc.residual(_FunctionalModel(self.model, th)).reshape(-1)
+        r = r_graph.detach()
+        self._n_rows = r.numel()
+
+        def vjp(y):
+            if not r_graph.requires_grad:  # no rows on this rank
+                return torch.zeros_like(theta)
+            (g,) = torch.autograd.grad(r_graph, th, y, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(theta) if g is None else g.detach()
+
+        return Linearization(r, lambda v: self.jvp(theta, v), vjp,
+                             lambda: self.jacobian(theta)[1], kind="autograd",
+                             fast_jacobian=self.has_fast_jacobian(), n_params=self.n_params)
+
+    def _factor_linearization(self, theta, m, u, factors) -> Linearization:
+        disc = self.disc
+        r = disc.values_residual(u).detach()
+        self._n_rows = r.numel()
+        A, AT = disc.linearization(u), disc.linearization_transpose(u)
+
+        def jvp(v):
+            return A(mlp_jvp(m, factors, v)[:, None])[:, 0]
+
+        def vjp(y):
+            return mlp_vjp(m, factors, AT(y.reshape(-1, 1))[:, 0])
+
+        def columns(j0, j1):
+            return A(mlp_jacobian_columns(m, factors, j0, j1))
+
+        def jacobian():
+            P = self.n_params
+            J = r.new_empty((r.numel(), P))
+            for j0 in range(0, P, JACOBIAN_BLOCK):  # Ju never whole; one block's temporaries
+                j1 = min(P, j0 + JACOBIAN_BLOCK)
+                J[:, j0:j1] = columns(j0, j1)
+            return J
+
+        gram = None
+        if self.comm.size == 1:
+            def gram():
+                return self._gram(u, factors)
+
+        return Linearization(r, jvp, vjp, jacobian, kind="factors", fast_jacobian=True,
+                             gram=gram, n_params=self.n_params)
+
     def jacobian(self, theta):
         """``(r_local, J_local)``: ``(dR/du) Ju`` for steady DT problems, else one jvp per
         parameter (with a warning: use the matrix-free step there)."""
@@ -214,6 +377,10 @@ class PINNLeastSquares(LeastSquaresProblem):
                               "matrix-free step (step='cg') for speed", stacklevel=2)
                 self._warned = True
             return super().jacobian(theta)
+        mlp = self._mlp_at(theta)
+        if mlp is not None:
+            lin = self._factor_linearization(theta, *mlp)
+            return lin.r, lin.jacobian()
         u, Ju = network_jacobian(_model_at(self.model, theta), self._x)
         r = self.disc.values_residual(u).detach()
         J = self.disc.linearization(u)(Ju)
@@ -228,35 +395,29 @@ class PINNLeastSquares(LeastSquaresProblem):
             u = _model_at(self.model, theta)(self._x).reshape(-1)
         return self.disc.linearization_matrix(u)
 
+    def _gram(self, u, factors):
+        """``A_tilde (Ju Ju^T) A_tilde^T`` with the tangent kernel
+        (:func:`~dtpinn_dist.model.jacobian.mlp_ntk`), or None without a scipy operator form."""
+        At = self.disc.linearization_matrix(u)
+        if At is None:
+            return None
+        K = mlp_ntk(factors).cpu().numpy()
+        AK = At @ K                      # (M, n): sparse x dense
+        del K
+        # G = A K A^T is symmetric up to round-off (the Cholesky reads one triangle)
+        G = np.ascontiguousarray((At @ AK.T).T)
+        return torch.from_numpy(G).to(self._x.dtype).to(self._x.device)
+
     def gram(self, theta):
         """``(r, G, jt)``: residual, ``G = J J^T`` and ``jt(z) = J^T z``, without forming J.
 
         ``G = A_tilde (Ju Ju^T) A_tilde^T`` with ``Ju Ju^T`` the network's tangent kernel on the
         nodes (:func:`~dtpinn_dist.model.jacobian.mlp_ntk`): for the paper's 4 x 50 MLP about 25x
         fewer flops than ``J J^T`` from an explicit J. Serial, plain MLPs and steady DT problems
-        only; returns None otherwise (the caller then forms J).
+        only; returns None otherwise.
         """
-        import numpy as np
-
-        if not is_plain_mlp(self.model):
+        lin = self.linearize(theta)
+        G = lin.gram()
+        if G is None:
             return None
-        At = self.structured_matrix(theta)
-        if At is None:
-            return None
-        m = _model_at(self.model, theta)
-        u, factors = mlp_factors(m, self._x)
-        r = self.disc.values_residual(u).detach()
-        K = mlp_ntk(factors).cpu().numpy()
-        AK = At @ K                      # (M, n): sparse x dense
-        # G = A K A^T is symmetric up to round-off (the Cholesky reads one triangle)
-        G = np.ascontiguousarray((At @ AK.T).T)
-        dtype, device = self._x.dtype, self._x.device
-        tG = torch.from_numpy(G).to(dtype).to(device)
-        AtT = At.T.tocsr()
-
-        def jt(z):
-            w = torch.from_numpy(AtT @ z.detach().cpu().numpy()).to(z.dtype).to(z.device)
-            return mlp_vjp(m, factors, w)
-
-        self._n_rows = r.numel()
-        return r, tG, jt
+        return lin.r, G, lin.vjp

@@ -1,29 +1,53 @@
-"""Levenberg-Marquardt for DT-PINNs: the residual is (almost) linear in the network values.
+"""Levenberg-Marquardt / damped Gauss-Newton for DT-PINNs (registry names "lm" and "gn").
 
-The DT-PINN residual ``r(w) = [s_L (L u(w) - f); s_B (B u(w) - g)]`` (eq. (12)) has Jacobian
-``J = [s_L L; s_B B] Ju``: a sparse matrix times the network Jacobian. Gauss-Newton /
-Levenberg-Marquardt therefore apply directly, and reach test errors near the direct solve of the
-discrete system that L-BFGS never does (docs/levenberg_marquardt.md).
+The DT-PINN residual ``r(w) = [s_L (L u(w) - f); s_B (B u(w) - g)]`` (eq. (12)) depends on the
+weights only through the network values at the nodes, so ``J = A Ju``: the sparse linearisation
+``A`` declared by the problem times the network Jacobian. Every step solves the damped normal
+equations exactly or to a tolerance,
 
-Step computations (``step=``):
+    (J^T J + lam D) p = -J^T r,
+
+and is accepted when the loss falls (``lam /= 5`` then, ``lam *= 3`` and a new trial
+otherwise). Step computations (``step=``):
 
 ``"dense"``
-    ``J`` formed explicitly (:meth:`~dtpinn_dist.optimizer.least_squares.PINNLeastSquares.jacobian`),
-    step by fp64 Cholesky of ``J^T J + lam D`` (``"primal"``, P x P) or, serially and when J
-    has fewer rows than columns, of ``Js Js^T + lam I`` with ``Js = J D^-1/2`` (``"dual"``,
-    M x M; the same step). Distributed runs always use the primal form: ``J^T J`` and ``J^T r``
-    are sums of per-rank blocks (``comm.sum``) while ``J J^T`` couples the ranks' rows.
+    Cholesky of the normal matrix, formed at every step: serially and with more parameters than
+    rows, the dual ``J J^T + lam c I = A K A^T + lam c I`` from the network's tangent kernel
+    ``K`` (``J`` never formed; ``p = -J^T z``); otherwise the primal ``J^T J + lam D`` (P x P)
+    from this rank's rows of ``J`` (blocks of columns of ``A Ju``) reduced with ``comm.sum``.
 ``"cg"``
-    matrix-free Gauss-Newton-CG (:mod:`.gauss_newton_cg`): ``J v`` and ``J^T y`` only.
-``"auto"``
-    dense when a fast structured Jacobian exists and fits ``memory_budget``, else CG.
+    matrix-free CG on the primal system: each iteration one ``J v = A (Ju v)`` and one
+    ``J^T y = Ju^T (A^T y)`` (about two forward passes) and one P-vector reduction. Cheap while
+    ``lam`` is large (the system is then well conditioned); a solve that misses ``cg_tol``
+    within ``cg_maxiter`` still gives a descent direction (truncated CG).
+``"lagged"``
+    CG preconditioned by the Cholesky factor of an EARLIER step's normal matrix (primal P x P,
+    or serially with fewer rows than parameters the dual rows x rows). The normal matrix is
+    rebuilt (and the step solved directly with it) when PCG misses ``cg_tol`` within
+    ``lag_maxiter`` iterations or a step is rejected; in between a step costs a few PCG
+    iterations. The factor is recomputed for the current ``lam`` when ``lam`` moved by more than
+    10x from the one it was computed for.
+``"auto"`` (default)
+    ``"cg"`` while CG converges within ``cg_maxiter`` iterations (large damping), then
+    ``"lagged"`` for good. Stays ``"cg"`` when the dense matrix does not fit ``memory_budget``
+    (bytes per rank: this rank's rows of ``J`` + the P x P matrices) or when the problem has no
+    cheap dense Jacobian (time-dependent problems: ``u_t`` by autograd).
 
-Damping (defaults first): fixed factors (``lam /= 5`` on an accepted step, ``lam *= 3`` on a
-rejected one; fastest here) or Nielsen's gain-ratio rule (``update="nielsen"``); Levenberg's
-scaling ``D = const I`` or Marquardt's ``D = diag(J^T J)`` (``damping="marquardt"``, running max
-as in MINPACK). Every reduction (loss, gradient, normal matrix, gain
-ratio) goes through ``comm.sum``, which returns identical bits on every rank, so all ranks take
-identical branches and keep identical parameters.
+Measured (``docs/levenberg_marquardt.md``): the matrix-free CG phase costs ~4x less than dense
+steps while ``lam`` is large; afterwards the lagged factor keeps nearly the dense iterates at a
+fraction of their cost.
+
+Damping: Levenberg's ``D = c I`` (default) with ``c = ||J||_F^2 / P`` at the first step (exact
+from the dense matrix; for a first CG step estimated from Rademacher probes in parameter space,
+the same on every rank count), or Marquardt's ``D = diag(J^T J)`` (running max, as MINPACK;
+needs the dense matrix: ``"dense"`` and ``"lagged"`` only, updated at rebuilds). Update rule
+``"fixed"`` (``lam /= down`` on success, ``lam *= up`` on failure; measured best here) or
+Nielsen's gain-ratio rule.
+
+Distributed: parameter-space vectors are replicated and bit-identical, residual-space vectors are
+this rank's rows; every reduction (loss, ``J^T r``, ``J^T J v``, ``J^T J``, ``||J p||^2``) is one
+``comm.sum``, which returns identical bits on all ranks, so every rank takes identical branches
+and keeps identical parameters. The dual form couples rows of all ranks and is serial only.
 """
 from __future__ import annotations
 
@@ -32,10 +56,30 @@ import time
 
 import torch
 
-from .gauss_newton_cg import estimate_jtj_diag, gn_matvec, pcg
+from .gauss_newton_cg import frobenius_scale, normal_matvec, pcg
 from .least_squares import JacobianTooLarge, LeastSquaresProblem, PINNLeastSquares
 
-__all__ = ["LevenbergMarquardt", "JacobianTooLarge"]
+__all__ = ["LevenbergMarquardt", "JacobianTooLarge", "STEP_KINDS"]
+
+STEP_KINDS = ("auto", "dense", "cg", "lagged")
+
+
+def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
+    """Lower Cholesky factor of ``M + diag(shift)`` (shift a scalar or a vector), or None.
+
+    The shift is added to ``M``'s diagonal in place and the saved diagonal copied back after
+    (exactly ``M`` again), so no second n x n copy of ``M`` is made."""
+    d = M.diagonal().clone()
+    M.diagonal().add_(shift)
+    try:
+        L, info = torch.linalg.cholesky_ex(M)
+    finally:
+        M.diagonal().copy_(d)
+    return None if int(info) != 0 else L
+
+
+def _chol_solve(L, b):
+    return torch.cholesky_solve(b[:, None], L)[:, 0]
 
 
 class LevenbergMarquardt:
@@ -49,10 +93,13 @@ class LevenbergMarquardt:
         place).
     disc : Discretization, optional
         See above.
-    step : {"auto", "dense", "cg"}
+    step : {"auto", "dense", "cg", "lagged"}
+        How each step's damped normal equations are solved (module docstring).
     form : {"auto", "primal", "dual"}
-        Dense normal-equation form (see module docstring); "dual" needs a single rank.
-    damping : {"marquardt", "levenberg"}
+        Dense matrix of ``"dense"`` and ``"lagged"``: ``"auto"`` = dual serially when there are
+        fewer residual rows than parameters (and the tangent kernel applies), else primal;
+        "dual" needs a single rank.
+    damping : {"levenberg", "marquardt"}
     lam0 : float
         Initial damping, relative to ``D``.
     lam_min, lam_max : float
@@ -68,34 +115,51 @@ class LevenbergMarquardt:
     rtol : float
         Stop when an accepted step reduced the loss by less than ``rtol * loss``.
     memory_budget : float
-        Bytes the dense step may use (J, Ju, normal matrix); beyond it the dense step refuses
-        (``JacobianTooLarge``) and "auto" switches to CG.
-    cg_tol, cg_maxiter, cg_probes : float, int, int
-        CG relative-residual tolerance, iteration cap, probes for the Jacobi preconditioner.
-    update : {"nielsen", "fixed"}
-        Damping update: Nielsen's gain-ratio rule, or fixed factors (``lam /= down`` on
-        success, ``lam *= up`` on failure).
+        Bytes per rank the dense matrices may use; beyond it ``"dense"`` and ``"lagged"``
+        refuse (``JacobianTooLarge``) and ``"auto"`` stays matrix-free.
+    cg_tol : float
+        Relative residual tolerance of CG and PCG.
+    cg_maxiter : int
+        CG iterations per solve (``"cg"``; ``"auto"`` switches to ``"lagged"`` when a solve
+        needs more).
+    lag_maxiter : int
+        PCG iterations per solve of ``"lagged"`` before the factor counts as stale.
+    scale_probes : int
+        Probes of the Levenberg scale when the first step is matrix-free.
+    update : {"fixed", "nielsen"}
+        Damping update: fixed factors (``lam /= down`` on success, ``lam *= up`` on failure), or
+        Nielsen's gain-ratio rule.
     """
 
     def __init__(self, lsq, disc=None, *, step: str = "auto",
                  form: str = "auto", damping: str = "levenberg", lam0: float = 1.0,
                  lam_min: float = 1e-15, lam_max: float = 1e16, max_rejects: int = 30,
                  gtol: float = 0.0, xtol: float = 1e-15, ftol: float = 0.0, rtol: float = 0.0,
-                 memory_budget: float = 4e9, cg_tol: float = 1e-3, cg_maxiter: int = 200,
-                 cg_probes: int = 8, update: str = "fixed", down: float = 5.0,
-                 up: float = 3.0):
+                 memory_budget: float = 4e9, cg_tol: float = 1e-2, cg_maxiter: int = 100,
+                 lag_maxiter: int = 20, scale_probes: int = 4, update: str = "fixed",
+                 down: float = 5.0, up: float = 3.0):
         if not isinstance(lsq, LeastSquaresProblem):
             if disc is None:
                 raise ValueError("give a LeastSquaresProblem, or (model, disc)")
             lsq = PINNLeastSquares(lsq, disc)
-        if step not in ("auto", "dense", "cg"):
-            raise ValueError(f"unknown LM step {step!r}: use 'auto', 'dense' or 'cg'")
+        if step not in STEP_KINDS:
+            raise ValueError(f"unknown LM step {step!r}: use one of {', '.join(STEP_KINDS)}")
         if form not in ("auto", "primal", "dual"):
             raise ValueError(f"unknown normal-equation form {form!r}: 'auto', 'primal', 'dual'")
         if damping not in ("marquardt", "levenberg"):
             raise ValueError(f"unknown damping {damping!r}: use 'marquardt' or 'levenberg'")
+        if damping == "marquardt" and step in ("cg", "auto"):
+            raise ValueError(f"damping='marquardt' needs diag(J^T J), which the matrix-free "
+                             f"step={step!r} never forms; use step='dense' or 'lagged', or "
+                             "damping='levenberg'")
         if update not in ("nielsen", "fixed"):
             raise ValueError(f"unknown damping update {update!r}: use 'nielsen' or 'fixed'")
+        for name, v in (("cg_maxiter", cg_maxiter), ("lag_maxiter", lag_maxiter),
+                        ("scale_probes", scale_probes), ("max_rejects", max_rejects)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} = {v!r}: must be an integer >= 1")
+        if not (cg_tol > 0 and cg_tol < 1):
+            raise ValueError(f"cg_tol = {cg_tol!r}: must be in (0, 1)")
         self.update, self.down, self.up = update, float(down), float(up)
         self.self_evaluating = True  # the training loop lets it evaluate the residual itself
         self.lsq = lsq
@@ -108,44 +172,56 @@ class LevenbergMarquardt:
         self.max_rejects = int(max_rejects)
         self.gtol, self.xtol, self.ftol, self.rtol = float(gtol), float(xtol), float(ftol), float(rtol)
         self.memory_budget = float(memory_budget)
-        self.cg_tol, self.cg_maxiter, self.cg_probes = float(cg_tol), int(cg_maxiter), int(cg_probes)
+        self.cg_tol, self.cg_maxiter = float(cg_tol), int(cg_maxiter)
+        self.lag_maxiter, self.scale_probes = int(lag_maxiter), int(scale_probes)
         # state (checkpointed)
         self.lam = self.lam0
         self.nu = 2.0
         self.D = None
         self.steps = 0
-        self.evals = 0          # residual evaluations (trial points and Jacobian points)
-        self.jac_evals = 0      # dense Jacobians, or Gauss-Newton linearisations for CG
-        self.products = 0       # J v / J^T y products (CG)
+        self.evals = 0          # residual evaluations (trial points and linearisation points)
+        self.jac_evals = 0      # linearisations
+        self.products = 0       # J v / J^T y products
+        self.cg_iters = 0       # CG + PCG iterations, all steps
+        self.rebuilds = 0       # dense normal matrices formed (dense steps, lagged rebuilds)
         self.n_accepted = 0
         self.n_rejected = 0
         self.elapsed = 0.0
         self.last_loss = math.nan
         self.stop_reason = ""
         self.history: list[dict] = []
-        self._resolved_step = None
+        self.phase = "cg" if step == "auto" else step  # auto: "cg" until CG stops converging
+        self._refresh = True    # lagged: build the normal matrix at the next step
+        self._pre = None        # lagged: {"form", "M", "lam"}: the matrix and the lam of L
+        self._pre_L = None      # its Cholesky factor (recomputed from M after a restore)
+        self._dense_ok = None   # the dense matrix fits the memory budget (collective, once)
 
     # ------------------------------------------------------------------ sizes and choices
+    def _use_dual(self, m: int, p: int) -> bool:
+        """Dual (rows x rows) dense matrix: serial, Levenberg, fewer rows than parameters (or
+        asked for), and a tangent-kernel Gram available (plain MLP, steady DT problem)."""
+        if self.comm.size > 1 or self.damping != "levenberg" or self.form == "primal":
+            return False
+        gram_ok = getattr(self.lsq, "disc", None) is None or (
+            self.lsq.has_fast_jacobian() and _plain_mlp(self.lsq))
+        if not gram_ok:
+            return False
+        return self.form == "dual" or m < p
+
     def dense_bytes(self) -> dict:
-        """Bytes the dense step would allocate: J, Ju (nodes x P), the normal matrix."""
+        """Bytes per rank of the dense step: this rank's rows of J and the normal matrices."""
         m, p = self.lsq.jacobian_shape()
         item = torch.finfo(self.lsq.get_params().dtype).bits // 8
-        dual = self._use_dual(m, p)
-        disc = getattr(self.lsq, "disc", None)
-        n_nodes = 0 if disc is None else len(disc.data["X"])
-        normal = (m * m if dual else p * p) * item
-        if not dual and self.comm.size > 1:
-            normal *= 2  # the local J^T J and its reduced sum (comm.sum: Reduce + Bcast)
-        # J, J*J (column norms), Ju, the normal matrix and its Cholesky factor
-        return {"J": 2 * m * p * item, "Ju": n_nodes * p * item, "normal": 2 * normal,
-                "total": 2 * m * p * item + n_nodes * p * item + 2 * normal}
-
-    def _use_dual(self, m, p) -> bool:
-        if self.comm.size > 1:
-            return False
-        if self.form == "auto":
-            return m < p
-        return self.form == "dual"
+        if self._use_dual(m, p):
+            disc = getattr(self.lsq, "disc", None)
+            n = m if disc is None else len(disc.data["X"])
+            # kernel K (n x n), A K (m x n), G and the Cholesky factor
+            normal, J = (n * n + m * n + 2 * m * m) * item, 0
+        else:
+            # local J^T J (and its mirror temporary), its reduced sum (distributed), the factor
+            normal = (4 if self.comm.size > 1 else 3) * p * p * item
+            J = m * p * item
+        return {"J": J, "normal": normal, "total": J + normal}
 
     def _check_memory(self):
         b = self.dense_bytes()
@@ -154,35 +230,37 @@ class LevenbergMarquardt:
         if worst > self.memory_budget:
             m, p = self.lsq.jacobian_shape()
             raise JacobianTooLarge(
-                f"dense Levenberg-Marquardt needs about {worst / 1e9:.2f} GB (J {m} x {p}: "
-                f"{b['J'] / 1e9:.2f} GB, network Jacobian {b['Ju'] / 1e9:.2f} GB, normal matrix "
-                f"{b['normal'] / 1e9:.2f} GB) > memory budget {self.memory_budget / 1e9:.2f} GB; "
-                "use the matrix-free Gauss-Newton-CG step (step='cg') or raise memory_budget")
+                f"the dense Levenberg-Marquardt matrices need about {worst / 1e9:.2f} GB per rank "
+                f"(J {m} x {p}: {b['J'] / 1e9:.2f} GB, normal matrices {b['normal'] / 1e9:.2f} "
+                f"GB) > memory budget {self.memory_budget / 1e9:.2f} GB; use the matrix-free "
+                "step (step='cg'), more ranks, or raise memory_budget")
+
+    def _dense_fits(self) -> bool:
+        if self._dense_ok is None:
+            try:
+                self._check_memory()
+                self._dense_ok = True
+            except JacobianTooLarge:
+                self._dense_ok = False
+        return self._dense_ok
 
     def resolve_step(self) -> str:
-        """'dense' or 'cg' (resolving 'auto'; collective)."""
-        if self._resolved_step is not None:
-            return self._resolved_step
-        kind = self.step_kind
-        if kind == "dense":
+        """The kind the next step uses: 'dense', 'cg' or 'lagged' (collective)."""
+        if self.step_kind in ("dense", "lagged"):
             self._check_memory()
-        elif kind == "auto":
-            fast = self.lsq.has_fast_jacobian()
-            kind = "cg"
-            if fast:
-                try:
-                    self._check_memory()
-                    kind = "dense"
-                except JacobianTooLarge:
-                    pass
-        self._resolved_step = kind
-        return kind
+            return self.step_kind
+        if self.step_kind == "cg":
+            return "cg"
+        if self.phase == "lagged" and self.lsq.has_fast_jacobian() and self._dense_fits():
+            return "lagged"
+        return "cg"
 
     # ------------------------------------------------------------------ helpers
     def _loss(self, r):
         return float(self.comm.sum((r * r).sum()))
 
-    def _update_D(self, diag):
+    def _set_D(self, diag):
+        """D from the diagonal of the dense ``J^T J`` (Levenberg: set once; Marquardt: max)."""
         floor = 1e-12 * float(diag.max()) if diag.numel() else 0.0
         diag = torch.clamp(diag, min=max(floor, 1e-300))
         if self.damping == "levenberg":
@@ -206,6 +284,25 @@ class LevenbergMarquardt:
         else:
             self.lam = min(self.lam * self.up, 10 * self.lam_max)
 
+    # ------------------------------------------------------------------ dense matrices
+    def _build(self, lin, dual: bool):
+        """``(M, dual)``: the dense normal matrix at ``lin``, dual ``J J^T`` (when asked for and
+        the tangent kernel applies) or primal ``J^T J`` (reduced); sets ``D`` from it."""
+        self.rebuilds += 1
+        G = lin.gram() if dual else None
+        if G is not None:
+            if self.D is None:
+                P = lin.n_params if lin.n_params is not None else self.lsq.n_params
+                self.D = torch.full((P,), float(torch.trace(G)) / P, dtype=G.dtype,
+                                    device=G.device)
+            return G, True
+        H = self.comm.sum(lin.normal())
+        self._set_D(H.diagonal().clone())
+        return H, False
+
+    def _shift(self, lam, dual):
+        return lam * float(self.D[0]) if dual else lam * self.D
+
     # ------------------------------------------------------------------ one iteration
     def step(self, closure=None):
         """One LM iteration: linearise, then try steps (raising lam) until one is accepted.
@@ -220,109 +317,116 @@ class LevenbergMarquardt:
         kind = self.resolve_step()
         lsq, comm = self.lsq, self.comm
         theta = lsq.get_params()
-        gram = None
-        if kind == "dense" and self.damping == "levenberg" and self.comm.size == 1 \
-                and self.form != "primal" and hasattr(lsq, "gram"):
-            m, p = lsq.jacobian_shape()
-            if self._use_dual(m, p):
-                gram = lsq.gram(theta)
-        if gram is not None:
-            # J J^T from the network's tangent kernel, J never formed (serial, D = c I)
-            r, G, jt = gram
-            self.jac_evals += 1
-            self.evals += 1
-            F = self._loss(r)
-            g = jt(r)
-            if self.D is None:
-                self.D = torch.full_like(g, float(torch.trace(G)) / g.numel())
-            c = float(self.D[0])
-            solve_info = {}
-            cache = {}
+        lin = lsq.linearize(theta)
+        self.jac_evals += 1
+        self.evals += 1
+        r = lin.r
+        F = self._loss(r)
+        g = comm.sum(lin.vjp(r))
+        m, P = r.numel(), g.numel()
+        rec = {"step": self.steps + 1, "kind": kind, "loss_before": F, "accepted": False}
+        info = {"cg_iters": 0, "cg_converged": True, "rebuilt": False, "refactors": 0}
+        cache = {}
+
+        if kind == "dense":
+            M, dual = self._build(lin, self._use_dual(m, P))
+            info["rebuilt"] = True
 
             def solve(lam):
-                Gl = G.clone()
-                Gl.diagonal().add_(lam * c)
-                Lc, info = torch.linalg.cholesky_ex(Gl)
-                if int(info) != 0:
+                L = _cholesky(M, self._shift(lam, dual))
+                info["refactors"] += 1
+                if L is None:
                     return None
-                z = torch.cholesky_solve(r[:, None], Lc)[:, 0]
-                cache["z"] = z
-                return -jt(z)
-
-            def jac_vec(v):
-                return -(G @ cache["z"])  # J p = -J J^T z for the p of the last solve
-        elif kind == "dense":
-            r, J = lsq.jacobian(theta)
-            self.jac_evals += 1
-            self.evals += 1
-            F = self._loss(r)
-            g = comm.sum(J.T @ r)
-            self._update_D(comm.sum((J * J).sum(0)))
-            m, p = J.shape
-            dual = self._use_dual(m, p)
-            if dual:
-                sq = torch.sqrt(self.D)
-                Js = J / sq
-                G = Js @ Js.T
-                eye = torch.eye(m, dtype=G.dtype, device=G.device)
-            else:
-                H = comm.sum(J.T @ J)
-            solve_info = {}
-
-            def solve(lam):
                 if dual:
-                    Lc, info = torch.linalg.cholesky_ex(G + lam * eye)
-                    if int(info) != 0:
-                        return None
-                    z = torch.cholesky_solve(r[:, None], Lc)[:, 0]
-                    return -(Js.T @ z) / sq
-                Lc, info = torch.linalg.cholesky_ex(H + torch.diag(lam * self.D))
-                if int(info) != 0:
-                    return None
-                return torch.cholesky_solve(-g[:, None], Lc)[:, 0]
-
-            def jac_vec(v):
-                return J @ v
-        else:
-            r = lsq.residual(theta)
-            self.evals += 1
-            self.jac_evals += 1
-            F = self._loss(r)
-            g = comm.sum(lsq.vjp(theta, r))
-            self._update_D(estimate_jtj_diag(lsq, theta, comm, self.cg_probes, seed=self.steps))
-            self.products += 1 + self.cg_probes
-            solve_info = {"cg_iters": 0}
-            dvec = self.D
-            # Jacobi preconditioner from the (estimated) diagonal of J^T J
-            diagH = dvec
+                    z = _chol_solve(L, r)
+                    cache["Jp"] = -(M @ z)  # J p = -J J^T z
+                    return -lin.vjp(z)
+                p = _chol_solve(L, -g)
+                cache["pHp"] = float(torch.dot(p, M @ p))
+                return p
+        elif kind == "cg":
+            dual = False
+            if self.D is None:
+                c = frobenius_scale(lin, comm, P, self.scale_probes, seed=self.steps)
+                self.D = torch.full_like(g, c)
 
             def solve(lam):
-                def mv(v):
-                    return gn_matvec(lsq, theta, v, comm) + lam * dvec * v
-                x, info = pcg(mv, -g, diagH + lam * dvec, tol=self.cg_tol, maxiter=self.cg_maxiter)
-                solve_info["cg_iters"] += info["iters"]
-                self.products += 2 * info["iters"]
-                return x
+                D = self.D
+                p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g, None,
+                            self.cg_tol, self.cg_maxiter)
+                info["cg_iters"] += it["iters"]
+                info["cg_converged"] &= it["converged"]
+                return p
+        else:  # lagged
+            if self._refresh or self._pre is None:
+                self._pre, self._pre_L = None, None  # free the old matrix first
+                M, dual = self._build(lin, self._use_dual(m, P))
+                self._pre = {"form": "dual" if dual else "primal", "M": M, "lam": None}
+                self._refresh = False
+                info["rebuilt"] = True
+            pre = self._pre
+            dual = pre["form"] == "dual"
+            fresh = info["rebuilt"]
 
-            def jac_vec(v):
-                self.products += 1
-                return lsq.jvp(theta, v)
+            def factor(lam):
+                """The factor of M + lam D: exact when M is this step's matrix, else reused
+                while lam is within 10x of the lam it was computed for."""
+                if self._pre_L is None and pre["lam"] is not None:  # after a restore
+                    self._pre_L = _cholesky(pre["M"], self._shift(pre["lam"], dual))
+                near = pre["lam"] is not None and (lam == pre["lam"] if fresh else
+                                                   0.1 <= lam / pre["lam"] <= 10.0)
+                if not near or self._pre_L is None:
+                    self._pre_L = _cholesky(pre["M"], self._shift(lam, dual))
+                    pre["lam"] = lam
+                    info["refactors"] += 1
+                return self._pre_L
+
+            def solve(lam):
+                L = factor(lam)
+                if L is None:
+                    return None
+                if fresh:  # this step's own matrix: the direct (dense) solve
+                    if dual:
+                        z = _chol_solve(L, r)
+                        cache["Jp"] = -(pre["M"] @ z)
+                        return -lin.vjp(z)
+                    p = _chol_solve(L, -g)
+                    cache["pHp"] = float(torch.dot(p, pre["M"] @ p))
+                    return p
+                if dual:  # residual-space PCG on (J J^T + lam c I) z = r, p = -J^T z
+                    c = lam * float(self.D[0])
+                    z, it = pcg(lambda y: lin.jvp(lin.vjp(y)) + c * y, r,
+                                lambda y: _chol_solve(L, y), self.cg_tol, self.lag_maxiter)
+                    p = -lin.vjp(z)
+                else:
+                    D = self.D
+                    p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g,
+                                lambda v: _chol_solve(L, v), self.cg_tol, self.lag_maxiter)
+                info["cg_iters"] += it["iters"]
+                info["cg_converged"] &= it["converged"]
+                return p
 
         self.last_loss = F
         gnorm = float(g.abs().max()) if g.numel() else 0.0
-        rec = {"step": self.steps + 1, "loss_before": F, "grad_inf": gnorm, "accepted": False}
+        rec["grad_inf"] = gnorm
         if gnorm <= self.gtol:
             self.stop_reason = f"gradient tolerance: ||J^T r||_inf = {gnorm:.3e} <= {self.gtol:g}"
         elif self.ftol and F <= self.ftol:
             self.stop_reason = f"loss {F:.3e} <= ftol {self.ftol:g}"
         rejects = 0
         while not self.stop_reason:
-            p = solve(self.lam)
+            lam = self.lam
+            cache.clear()
+            p = solve(lam)
             if p is None or not bool(torch.isfinite(p).all()):
                 ok, rho, F_new, pred = False, -1.0, math.inf, 0.0
             else:
-                Jp = jac_vec(p)
-                pred = -2.0 * float(torch.dot(p, g)) - float(comm.sum((Jp * Jp).sum()))
+                if "pHp" in cache:
+                    jp2 = cache["pHp"]
+                else:
+                    Jp = cache["Jp"] if "Jp" in cache else lin.jvp(p)
+                    jp2 = float(comm.sum((Jp * Jp).sum()))
+                pred = -2.0 * float(torch.dot(p, g)) - jp2
                 r_new = lsq.residual(theta + p)
                 self.evals += 1
                 F_new = self._loss(r_new)
@@ -333,7 +437,7 @@ class LevenbergMarquardt:
                 self._accept_update(rho)
                 self.n_accepted += 1
                 pn = float(torch.linalg.vector_norm(p))
-                rec.update(accepted=True, rho=rho, step_norm=pn, loss=F_new)
+                rec.update(accepted=True, rho=rho, step_norm=pn, loss=F_new, lam_step=lam)
                 self.last_loss = F_new
                 if pn <= self.xtol * (float(torch.linalg.vector_norm(theta)) + self.xtol):
                     self.stop_reason = f"step tolerance: ||p|| = {pn:.3e}"
@@ -349,37 +453,78 @@ class LevenbergMarquardt:
                 self.stop_reason = (f"stalled: no decrease after {rejects} trial steps "
                                     f"(lambda {self.lam:.3e})")
                 rec["loss"] = F
+        # what the next step does
+        if kind == "lagged" and (not info["cg_converged"] or not rec["accepted"]):
+            self._refresh = True  # the old factor no longer preconditions well
+        if self.step_kind == "auto" and kind == "cg" and not info["cg_converged"]:
+            self.phase = "lagged"
+        self.cg_iters += info["cg_iters"]
+        self.products += lin.products
         self.steps += 1
         self.elapsed += time.perf_counter() - t0
         # time and time_s (the trainer's key): LM training time so far, metrics excluded
-        rec.update(lam=self.lam, rejects=rejects, evals=self.evals, jac_evals=self.jac_evals,
-                   time=self.elapsed, time_s=self.elapsed, **solve_info)
+        rec.update(form="dual" if dual else "primal", lam=self.lam, rejects=rejects,
+                   cg_iters=info["cg_iters"], cg_converged=info["cg_converged"],
+                   rebuilt=info["rebuilt"], rebuilds=self.rebuilds,
+                   refactors=info["refactors"], products=lin.products,
+                   products_via=lin.kind, evals=self.evals, jac_evals=self.jac_evals,
+                   time=self.elapsed, time_s=self.elapsed)
         rec.setdefault("loss", F)
         self.history.append(rec)
         return torch.tensor(self.last_loss, dtype=torch.float64)
+
+    # ------------------------------------------------------------------ reporting
+    def progress(self) -> dict:
+        """Counters for the training loop's records (``metrics.json`` history): the last step's
+        kind and form, the damping, and totals of CG iterations, rebuilds, accepted and rejected
+        trials."""
+        last = self.history[-1] if self.history else {}
+        return {"lm_steps": self.steps, "lm_kind": last.get("kind", self.phase),
+                "lm_form": last.get("form"), "lm_lam": self.lam,
+                "lm_cg_iters": self.cg_iters, "lm_rebuilds": self.rebuilds,
+                "lm_accepted": self.n_accepted, "lm_rejected": self.n_rejected,
+                "lm_products": self.products}
 
     # ------------------------------------------------------------------ torch.optim-like
     def zero_grad(self, set_to_none: bool = True):
         """No-op (LM does not use ``.grad``); for ``torch.optim`` compatibility."""
 
     def state_dict(self) -> dict:
-        """Damping, counters, scaling and history (the weights live in the model)."""
+        """Damping, scaling, counters, the step-kind phase, the lagged preconditioner's matrix
+        and history (the weights live in the model). Tensors, numbers, strings, lists and dicts
+        only (``torch.load(weights_only=True)``). The lagged matrix is P x P (or rows x rows)."""
+        pre = None if self._pre is None else {"form": self._pre["form"],
+                                              "M": self._pre["M"].detach().clone(),
+                                              "lam": self._pre["lam"]}
         return {"lam": self.lam, "nu": self.nu,
                 "D": None if self.D is None else self.D.detach().clone(),
                 "steps": self.steps, "evals": self.evals, "jac_evals": self.jac_evals,
-                "products": self.products, "n_accepted": self.n_accepted,
+                "products": self.products, "cg_iters": self.cg_iters,
+                "rebuilds": self.rebuilds, "n_accepted": self.n_accepted,
                 "n_rejected": self.n_rejected, "elapsed": self.elapsed,
                 "last_loss": self.last_loss, "stop_reason": self.stop_reason,
-                "resolved_step": self._resolved_step,
+                "phase": self.phase, "refresh": self._refresh, "pre": pre,
                 "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
         self.lam, self.nu = float(state["lam"]), float(state["nu"])
         self.D = None if state["D"] is None else state["D"].clone()
-        for k in ("steps", "evals", "jac_evals", "products", "n_accepted", "n_rejected"):
+        for k in ("steps", "evals", "jac_evals", "products", "cg_iters", "rebuilds",
+                  "n_accepted", "n_rejected"):
             setattr(self, k, int(state[k]))
         self.elapsed = float(state["elapsed"])
         self.last_loss = float(state["last_loss"])
         self.stop_reason = state["stop_reason"]
-        self._resolved_step = state.get("resolved_step")
+        self.phase = state["phase"]
+        self._refresh = bool(state["refresh"])
+        pre = state["pre"]
+        self._pre = None if pre is None else {"form": pre["form"], "M": pre["M"].clone(),
+                                              "lam": pre["lam"]}
+        self._pre_L = None  # recomputed from M (the same bits) when next needed
         self.history = [dict(h) for h in state["history"]]
+
+
+def _plain_mlp(lsq) -> bool:
+    from ..model.jacobian import is_plain_mlp
+
+    return is_plain_mlp(lsq.model)

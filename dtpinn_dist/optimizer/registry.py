@@ -7,9 +7,11 @@ they can do no more). Adding a method is one entry here.
 """
 from __future__ import annotations
 
-__all__ = ["OPTIMIZERS", "register", "build", "parse_schedule"]
+__all__ = ["OPTIMIZERS", "NO_LEARNING_RATE", "register", "build", "parse_schedule"]
 
 OPTIMIZERS: dict = {}
+#: Optimizers that take no learning rate (damped Gauss-Newton chooses its own step).
+NO_LEARNING_RATE = frozenset({"lm", "gn"})
 
 
 def register(name: str):
@@ -38,11 +40,13 @@ def _adam(t):
 
 
 @register("lm")
+@register("gn")
 def _lm(t):
+    """Levenberg-Marquardt / damped Gauss-Newton (one class; "gn" is an alias)."""
     from .lm import LevenbergMarquardt
 
     if t.disc.method != "dt":
-        raise ValueError("Levenberg-Marquardt needs a DT-PINN (method 'dt'): its Jacobian is the "
+        raise ValueError("Levenberg-Marquardt (lm, gn) needs a DT-PINN (method 'dt'): its Jacobian is the "
                          "sparse operators times the network's; use lbfgs or adam for vanilla")
     return LevenbergMarquardt(t.model, t.disc, **t.config.lm)
 

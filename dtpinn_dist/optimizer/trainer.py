@@ -32,7 +32,7 @@ from ..model.mlp import MLP
 from ..model.params import copy_flat_into, flatten
 from . import checkpoint as ckpt
 from .first_order import default_lr
-from .registry import build, parse_schedule
+from .registry import NO_LEARNING_RATE, build, parse_schedule
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "ConfigError"]
 
@@ -44,7 +44,8 @@ class TrainConfig:
     Attributes
     ----------
     optimizer : str
-        A name of :data:`~dtpinn_dist.optimizer.registry.OPTIMIZERS` ('lbfgs', 'adam', 'lm').
+        A name of :data:`~dtpinn_dist.optimizer.registry.OPTIMIZERS` ('lbfgs', 'adam', 'lm'
+        or its alias 'gn').
     lr : float or None
         None: 1.0 for L-BFGS with a line search, the paper's rate without one
         (:func:`~dtpinn_dist.optimizer.first_order.default_lr`), 1e-3 for Adam.
@@ -253,7 +254,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.phases = parse_schedule(cfg.schedule) if cfg.schedule else [(cfg.optimizer, cfg.steps)]
         # learning rate of each first-order phase (None for LM), as used
-        self.lrs = [None if name == "lm" else (cfg.lr if cfg.lr is not None else default_lr(
+        self.lrs = [None if name in NO_LEARNING_RATE else (cfg.lr if cfg.lr is not None else default_lr(
             name, disc.method, disc.problem.name, cfg.line_search)) for name, _ in self.phases]
         self.lr = next((lr for lr in self.lrs if lr is not None), None)
         self.phase, self.phase_start = 0, 0
@@ -350,6 +351,9 @@ class Trainer:
 
     def _record(self, result: TrainResult) -> dict:
         rec = self.evaluate()
+        progress = getattr(self.optimizer, "progress", None)
+        if callable(progress):  # e.g. LM: step kind, damping, CG iterations, rebuilds, rejects
+            rec.update(progress())
         self.history.append(rec)
         e = rec["rel_l2"]
         if e is not None and math.isfinite(e) and (result.best_rel_l2 is None

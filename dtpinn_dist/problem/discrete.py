@@ -331,17 +331,23 @@ class Discretization:
             env[name] = v if rows is None else v[rows]
         return {k: c(env, "torch") for k, c in part.partials.items()}
 
-    def linearization(self, U: torch.Tensor):
-        """``dr/dU`` at the nodal values ``U`` as a function ``X (n, k) -> (rows, k)``: the
-        declared structure ``[s (A + sum_j diag(dR/dD_j u) D_j + diag(dR/du) P_rows);
-        s_b (B + ...)]``. Steady DT problems only (:attr:`has_structure`)."""
+    def _linearization_parts(self, U: torch.Tensor):
+        """The pointwise partials ``dR/d(field)`` at ``U``: PDE rows, and per boundary part."""
         if not self.has_structure:
             raise ValueError("the values-Jacobian exists for steady DT problems only")
-        d, sc, ops = self.data, self._scales(), self.system.ops
         with torch.no_grad():
             pd = self._partial_values(self.pde, U, "rows") if self.pde.rest is not None else {}
             bd = [(bp, self._partial_values(bp, U, "bnd", bp.rows)) for bp in self.bparts
                   if bp.rest is not None]
+        return pd, bd
+
+    def linearization(self, U: torch.Tensor):
+        """``dr/dU`` at the nodal values ``U`` as a function ``X (n, k) -> (rows, k)``: the
+        declared structure ``[s (A + sum_j diag(dR/dD_j u) D_j + diag(dR/du) P_rows);
+        s_b (B + ...)]``. Steady DT problems only (:attr:`has_structure`). Collective when
+        distributed (every operator product is)."""
+        d, sc, ops = self.data, self._scales(), self.system.ops
+        pd, bd = self._linearization_parts(U)
         rows, bnd = d["rows_idx"], d["bnd_idx"]
         nr, nb = len(rows), len(bnd)
 
@@ -361,6 +367,45 @@ class Discretization:
             return torch.cat([top / sc["pde"], bot / sc["bc"]], 0)
 
         return apply
+
+    def linearization_transpose(self, U: torch.Tensor):
+        """``(dr/dU)^T`` at ``U`` as a function ``Y (rows, k) -> (n, k)``: the transpose of
+        :meth:`linearization`, term by term (each operator's ``rmatmat``, the same pointwise
+        diagonals, the row selections as scatter-adds). With it ``J^T y = Ju^T (A^T y)``
+        needs no ``J``. Steady DT problems only; collective when distributed (``rmatmat`` of a
+        PETSc operator is a ``MatTransposeMatMult`` with a reverse halo scatter)."""
+        d, sc, ops = self.data, self._scales(), self.system.ops
+        pd, bd = self._linearization_parts(U)
+        rows, bnd = d["rows_idx"], d["bnd_idx"]
+        nr, nb = len(rows), len(bnd)
+        n = len(d["X"])
+
+        def apply_t(Y):
+            k = Y.shape[1]
+            top, bot = Y[:nr] / sc["pde"], Y[nr:nr + nb] / sc["bc"]
+            out = ops[self.pde.op].rmatmat(top) if self.pde.op is not None else \
+                Y.new_zeros((n, k))
+            for name, c in pd.items():
+                cY = _col(c) * top
+                if name == "u":
+                    out = out.index_add(0, rows, cY)
+                else:
+                    out = out + ops[self.pde.fields[name]].rmatmat(cY)
+            if "B" in ops:
+                out = out + ops["B"].rmatmat(bot)
+            for bp, parts in bd:
+                for name, c in parts.items():
+                    if bp.rows.numel() != nb:
+                        cY = Y.new_zeros((nb, k)).index_put((bp.rows,), _col(c) * bot[bp.rows])
+                    else:
+                        cY = _col(c) * bot
+                    if name == "u":
+                        out = out.index_add(0, bnd, cY)
+                    else:
+                        out = out + ops[bp.fields[name]].rmatmat(cY)
+            return out
+
+        return apply_t
 
     def linearization_matrix(self, U: torch.Tensor, global_columns: bool = False):
         """``dr/dU`` at the nodal values ``U`` as a scipy CSR matrix of this rank's rows.

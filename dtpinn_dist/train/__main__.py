@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ParMETIS through PETSc when available, else a Hilbert curve)")
     d.add_argument("--device", default=None, help="torch device (default cpu; cuda for cupy)")
     o = p.add_argument_group("training")
-    o.add_argument("--optimizer", choices=["lbfgs", "adam", "lm"], default="lbfgs",
+    o.add_argument("--optimizer", choices=["lbfgs", "adam", "lm", "gn"], default="lbfgs",
                    help="lm = Levenberg-Marquardt (DT-PINNs only; reaches the discretisation "
                         "error)")
     o.add_argument("--schedule", default=None,
@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L-BFGS stops at max |gradient| <= this (default 0: never early)")
     o.add_argument("--tolerance-change", type=float, default=0.0,
                    help="L-BFGS stops when its step or loss change falls to this (default 0)")
-    o.add_argument("--lm-step", choices=["auto", "dense", "cg"], default="auto",
-                   help="LM step: dense Cholesky, matrix-free Gauss-Newton-CG, or auto")
+    o.add_argument("--lm-step", choices=["auto", "dense", "cg", "lagged"], default="auto",
+                   help="LM step: dense Cholesky, matrix-free CG, CG preconditioned by a lagged Cholesky factor, or auto (cg, then lagged)")
     o.add_argument("--lm-memory-gb", type=float, default=4.0,
                    help="memory budget of the dense LM step")
     o.add_argument("--lm-cg-maxiter", type=int, default=None, help="CG iterations per LM step")
@@ -368,7 +368,10 @@ def run(args, log=None) -> dict:
     if args.test_points is not None and args.test_points < 1:
         raise UserError(f"--test-points {args.test_points}: give at least 1 test point")
     cfg = _train_config(args)
-    if args.method != "dt" and ("lm" in (args.schedule or "") or args.optimizer == "lm"):
+    uses_lm = args.optimizer in ("lm", "gn") or any(
+        part.split(":")[0].strip().lower() in ("lm", "gn")
+        for part in (args.schedule or "").split(","))
+    if args.method != "dt" and uses_lm:
         raise UserError("Levenberg-Marquardt needs --method dt (its Jacobian is the sparse "
                         "operators times the network's); use --optimizer lbfgs or adam for "
                         "vanilla PINNs")

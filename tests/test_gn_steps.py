@@ -1,0 +1,287 @@
+"""Gauss-Newton step machinery (issue 13): the MLP's factor products, the transpose of the declared
+linearisation, and every LM step kind against the damped normal equations solved explicitly.
+
+Serial; the distributed counterparts are in ``test_lm_mpi.py``.
+"""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import dtpinn_dist as dt
+from dtpinn_dist.geometry import make_cloud
+from dtpinn_dist.model import MLP
+from dtpinn_dist.model.jacobian import (mlp_factors, mlp_jacobian_columns, mlp_jvp,
+                                        mlp_value_jacobian, mlp_vjp)
+from dtpinn_dist.optimizer.least_squares import PINNLeastSquares
+from dtpinn_dist.optimizer.lm import LevenbergMarquardt
+from dtpinn_dist.problem import discretize, paper_problem
+from roundoff import dot_diff_bound, gamma, matvec_diff_bound, row_nnz
+
+F64 = torch.float64
+EPS = torch.finfo(F64).eps
+
+
+@pytest.fixture(scope="module")
+def disk():
+    return make_cloud("disk", n=300, seed=4)
+
+
+def _tagged_square(n=300, seed=0):
+    cloud = dt.make_cloud(dt.Rectangle((0, 0), (1, 1)), n=n, seed=seed, n_test=100)
+    left = np.abs(cloud.boundary[:, 0]) < 1e-12
+    cloud.boundary_tags = np.where(left, 3, 0).astype(np.int64)
+    cloud.tag_names = {"walls": 0, "left": 3}
+    return cloud
+
+
+# ------------------------------------------------------------------------------ factor products
+def test_mlp_jvp_vjp_and_column_blocks_equal_explicit_jacobian(spread):
+    gen = torch.Generator().manual_seed(11)
+    model = MLP(2, 9, 3, seed=4)
+    x = torch.rand(57, 2, generator=gen, dtype=F64)
+    u, factors = mlp_factors(model, x)
+    _, Ju = mlp_value_jacobian(model, x)  # checked against jacrev in test_jacobian.py
+    n, P = Ju.shape
+    # Column blocks of any width are the same products delta_o a_i (one rounding each): bitwise.
+    for j0, j1 in ((0, 7), (5, 93), (90, P), (P - 1, P)):
+        assert torch.equal(mlp_jacobian_columns(model, factors, j0, j1), Ju[:, j0:j1])
+    v = torch.randn(P, generator=gen, dtype=F64)
+    w = torch.randn(n, generator=gen, dtype=F64)
+    # Both sides sum the terms Ju_ik v_k (resp. Ju_ik w_i), each a product of 2-3 factors
+    # (one more rounding than the sum itself), in other orders: within 2 gamma_(terms + 3) of
+    # the absolute sum (Higham lemma 3.1).
+    jv = mlp_jvp(model, factors, v)
+    bound = 2 * float(gamma(P + 3)) * (Ju.abs() @ v.abs())
+    spread("gn.mlp_jvp", float(((jv - Ju @ v).abs() / bound).max()), 1.0)
+    assert bool(((jv - Ju @ v).abs() <= bound).all())
+    jtw = mlp_vjp(model, factors, w)
+    bound = 2 * float(gamma(n + 3)) * (Ju.abs().T @ w.abs())
+    spread("gn.mlp_vjp", float(((jtw - Ju.T @ w).abs() / bound).max()), 1.0)
+    assert bool(((jtw - Ju.T @ w).abs() <= bound).all())
+
+
+# ------------------------------------------------------------------------- A^T (the adjoint)
+def _problems():
+    return {
+        "poisson": lambda: (paper_problem("poisson"), make_cloud("disk", n=300, seed=4)),
+        "nonlinear-poisson": lambda: (paper_problem("nonlinear-poisson"),
+                                      make_cloud("disk", n=300, seed=4)),
+        # a field operator in the PDE and a nonlinear Robin-type condition
+        "field-pde-nonlinear-bc": lambda: (dt.Problem("u*dx(u) - lap(u)",
+                                                      bc=dt.Condition("dn(u) + u**2"),
+                                                      exact="x*y"),
+                                           make_cloud("disk", n=300, seed=4)),
+        # boundary operators only in the condition (no B), a product of fields
+        "boundary-fields": lambda: (dt.Problem("lap(u)", bc=dt.Condition("u*dn(u)", g="1"),
+                                               f="0"), make_cloud("disk", n=300, seed=4)),
+        # two boundary parts with their own conditions (partial row sets)
+        "two-parts": lambda: (dt.Problem("-lap(u) + u**3",
+                                         bc={"left": dt.Neumann(), "*": dt.Dirichlet()},
+                                         exact="sin(pi*x)*y + 1"), _tagged_square()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_problems()))
+def test_linearization_transpose_is_the_adjoint(name, spread):
+    prob, cloud = _problems()[name]()
+    disc = discretize(prob, cloud, 3)
+    gen = torch.Generator().manual_seed(3)
+    n = len(disc.data["X"])
+    U = 1.0 + 0.3 * torch.randn(n, generator=gen, dtype=F64)
+    A, AT = disc.linearization(U), disc.linearization_transpose(U)
+    S = disc.linearization_matrix(U)  # the same A assembled as a scipy matrix
+    X = torch.randn(n, 3, generator=gen, dtype=F64)
+    Y = torch.randn(S.shape[0], 3, generator=gen, dtype=F64)
+    AX, ATY = A(X), AT(Y)
+    assert ATY.shape == (n, 3)
+    # A^T Y against the assembled transpose: each entry a sum over one column of S; the
+    # pointwise coefficient is multiplied in separately here (one more rounding per term), so
+    # 2 gamma_(nnz + 1) <= 2 x (2 gamma_nnz) bounds it: twice matvec_diff_bound.
+    ref = S.T @ Y.numpy()
+    bound = 2 * matvec_diff_bound(S.T, Y.numpy()) + 1e-300
+    err = np.abs(ATY.numpy() - ref)
+    spread(f"gn.AT.{name}", float((err / bound).max()), 1.0)
+    assert (err <= bound).all()
+    # adjoint identity <A X, Y> = <X, A^T Y>: both sum the terms Y_i S_ij X_j
+    terms = float((np.abs(Y.numpy()) * (abs(S) @ np.abs(X.numpy()))).sum())
+    k = int(max(row_nnz(S).max(), row_nnz(S.T).max())) + S.shape[0] + n + 2
+    a, b = float((AX * Y).sum()), float((X * ATY).sum())
+    tol = dot_diff_bound(terms, k)
+    spread(f"gn.adjoint.{name}", abs(a - b), tol)
+    assert abs(a - b) <= tol
+
+
+# -------------------------------------------------------------------- LM steps vs the formula
+@pytest.fixture(scope="module")
+def nonlinear(disk):
+    return discretize(paper_problem("nonlinear-poisson"), disk, 3)
+
+
+def _explicit(lsq, theta, lam, D):
+    """``M = J^T J + lam diag(D)`` and ``b = -J^T r`` from the explicit J."""
+    r, J = lsq.jacobian(theta)
+    M = J.T @ J + lam * torch.diag(D)
+    return M, -(J.T @ r), J, r
+
+
+def _lm(model, disc, **kw):
+    lm = LevenbergMarquardt(model, disc, **kw)
+    return lm, lm.lsq
+
+
+@pytest.mark.parametrize("step,form", [("dense", "primal"), ("dense", "dual"),
+                                       ("lagged", "primal"), ("gn-alias-dense", "primal")])
+def test_direct_steps_equal_damped_normal_solution(nonlinear, step, form, spread):
+    """dense (primal and dual) and a lagged rebuild step: p = -(J^T J + lam D)^{-1} J^T r."""
+    # the dual form is the one for more parameters than rows (what "auto" picks it for)
+    model = MLP(2, 20 if form == "dual" else 8, 2, seed=2)
+    if step == "gn-alias-dense":  # the registry's "gn" builds the same class
+        from dtpinn_dist.optimizer.registry import OPTIMIZERS
+        assert OPTIMIZERS["gn"] is not None and "lm" in OPTIMIZERS
+        step = "dense"
+    lm, lsq = _lm(model, nonlinear, step=step, form=form, lam0=0.1)
+    th0 = lsq.get_params()
+    lm.step()
+    rec = lm.history[-1]
+    assert rec["accepted"] and rec["kind"] == step and rec["rebuilt"]
+    assert rec["form"] == form
+    if form == "dual":
+        assert th0.numel() > lsq.residual(th0).numel()
+    p = lsq.get_params() - th0
+    lam = rec["lam_step"]
+    M, b, J, _ = _explicit(lsq, th0, lam, lm.D)
+    ref = torch.linalg.solve(M, b)
+    # Two backward-stable solves of one SPD system (Cholesky against LU): each has a normwise
+    # backward error <= gamma_(3n+1) relative (Higham thm 10.4 / 9.4, n the order), so each is
+    # within gamma_(3n+1) kappa ||p|| of the exact step (2-norms). The primal order is P with
+    # kappa = cond(J^T J + lam D); the dual solves the m x m system J J^T + lam c I, then
+    # p = -J^T z, with condition (sigma_max(J)^2 + lam c) / (lam c), which also bounds the
+    # primal reference's (n = P) when m < P.
+    if form == "dual":
+        c = float(lm.D[0])
+        kappa = (float(torch.linalg.matrix_norm(J, 2)) ** 2 + lam * c) / (lam * c)
+        g = float(gamma(3 * J.shape[0] + 1) + gamma(3 * J.shape[1] + 1))
+        # and the dual matrix is formed another way, A (Ju Ju^T) A^T (tangent kernel), whose
+        # sums cancel (A's rows sum to ~0): its error is <= gamma_(P + 2 nnz) |A||Ju||Ju|^T|A|^T
+        # entrywise, a relative perturbation of the system <= that's Frobenius norm / ||M||.
+        from dtpinn_dist.optimizer.least_squares import _model_at
+        u, Ju = mlp_value_jacobian(_model_at(model, th0), nonlinear.data["X"])
+        S = nonlinear.linearization_matrix(u.detach())
+        E = abs(S) @ Ju.abs().numpy()
+        nnz = int(row_nnz(S).max())
+        dG = float(gamma(J.shape[1] + 2 * nnz)) * float((E * E).sum())
+        g += dG / (float(torch.linalg.matrix_norm(J, 2)) ** 2 + lam * c)
+    else:
+        kappa = float(torch.linalg.cond(M))
+        g = 2 * float(gamma(3 * J.shape[1] + 1))
+    err = float(torch.linalg.vector_norm(p - ref))
+    tol = g * kappa * float(torch.linalg.vector_norm(ref))
+    spread(f"gn.step.{step}.{form}", err, tol)
+    assert err <= tol
+
+
+def _residual_bound(M, p, b, iters, cg_tol):
+    """What a CG/PCG stop at relative residual ``cg_tol`` guarantees for the explicit system.
+
+    The recursive residual (the one CG tests) drifts from the true one by round-off of each
+    iteration's product ``M p_k`` (computed as J^T (J v) + lam D v through the structure, here
+    compared with the explicit M): per iteration within 2^10 eps |M| |p| (the product
+    round-off measured in test_jacobian.py's adjoint test is <= 46 eps |y||J||v|; 2^10 is its
+    bound there)."""
+    Mabs = M.abs()
+    drift = (iters + 1) * 2 ** 10 * EPS * float(torch.linalg.vector_norm(Mabs @ p.abs()))
+    return cg_tol * float(torch.linalg.vector_norm(b)) + drift
+
+
+def test_cg_step_solves_damped_normal_equations_to_its_tolerance(nonlinear, spread):
+    cg_tol = 1e-8
+    model = MLP(2, 8, 2, seed=2)
+    lm, lsq = _lm(model, nonlinear, step="cg", lam0=0.1, cg_tol=cg_tol, cg_maxiter=1000)
+    th0 = lsq.get_params()
+    lm.step()
+    rec = lm.history[-1]
+    assert rec["accepted"] and rec["kind"] == "cg" and rec["cg_converged"]
+    assert 0 < rec["cg_iters"] <= 1000 and not rec["rebuilt"] and lm.rebuilds == 0
+    p = lsq.get_params() - th0
+    M, b, J, _ = _explicit(lsq, th0, rec["lam_step"], lm.D)
+    res = float(torch.linalg.vector_norm(M @ p - b))
+    tol = _residual_bound(M, p, b, rec["cg_iters"], cg_tol)
+    spread("gn.step.cg.residual", res, tol)
+    assert res <= tol
+    # The Levenberg scale of a matrix-free first step: ||J||_F^2 / P from 4 Rademacher probes
+    # (unbiased; for these J the probe spread is well within a factor 2).
+    c = float((J * J).sum()) / J.shape[1]
+    assert 0.5 * c <= float(lm.D[0]) <= 2 * c
+
+
+def test_lagged_pcg_step_and_rebuild_when_stale(nonlinear, spread):
+    cg_tol = 1e-8
+    model = MLP(2, 8, 2, seed=2)
+    lm, lsq = _lm(model, nonlinear, step="lagged", lam0=0.1, cg_tol=cg_tol, lag_maxiter=200)
+    lm.step()  # builds the factor, takes the direct step
+    th1 = lsq.get_params()
+    lm.step()  # PCG with the factor of step 1
+    rec = lm.history[-1]
+    assert rec["kind"] == "lagged" and not rec["rebuilt"] and rec["cg_iters"] > 0
+    assert rec["accepted"] and rec["cg_converged"] and lm.rebuilds == 1
+    p = lsq.get_params() - th1
+    M, b, _, _ = _explicit(lsq, th1, rec["lam_step"], lm.D)
+    res = float(torch.linalg.vector_norm(M @ p - b))
+    tol = _residual_bound(M, p, b, rec["cg_iters"], cg_tol)
+    spread("gn.step.lagged.residual", res, tol)
+    assert res <= tol
+    # stale factor: PCG allowed 1 iteration to 1e-14 misses, so the next step rebuilds
+    lm.lag_maxiter, lm.cg_tol = 1, 1e-14
+    lm.step()
+    assert not lm.history[-1]["cg_converged"] and not lm.history[-1]["rebuilt"]
+    lm.step()
+    assert lm.history[-1]["rebuilt"] and lm.rebuilds == 2
+
+
+def test_auto_switches_from_cg_to_lagged_unless_memory_forbids(nonlinear):
+    for budget, kinds in ((4e9, ["cg", "lagged", "lagged"]), (1e3, ["cg", "cg", "cg"])):
+        model = MLP(2, 8, 2, seed=2)
+        lm, _ = _lm(model, nonlinear, step="auto", cg_maxiter=3, cg_tol=1e-10,
+                    memory_budget=budget)
+        for _ in range(3):
+            lm.step()
+        assert [h["kind"] for h in lm.history] == kinds
+        assert not lm.history[0]["cg_converged"]
+    # every record states kind, CG iterations, damping, rebuilds and rejected trials
+    for h in lm.history:
+        assert {"kind", "cg_iters", "lam", "lam_step", "rebuilds", "rejects"} <= set(h)
+
+
+def test_state_dict_through_torch_load_weights_only_resumes_bitwise(nonlinear):
+    a_model, b_model = MLP(2, 8, 2, seed=5), MLP(2, 8, 2, seed=5)
+    kw = dict(step="auto", cg_maxiter=5)
+    a, _ = _lm(a_model, nonlinear, **kw)
+    for _ in range(5):
+        a.step()
+    b, _ = _lm(b_model, nonlinear, **kw)
+    for _ in range(3):
+        b.step()
+    assert b.history[-1]["kind"] == "lagged"  # the lagged matrix is part of the state
+    buf = io.BytesIO()
+    torch.save(b.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    c, _ = _lm(b_model, nonlinear, **kw)
+    c.load_state_dict(state)
+    for _ in range(2):
+        c.step()
+    assert torch.equal(PINNLeastSquares(a_model, nonlinear).get_params(),
+                       PINNLeastSquares(b_model, nonlinear).get_params())
+    assert [h["loss"] for h in c.history] == [h["loss"] for h in a.history]
+
+
+def test_fit_with_gn_records_the_step_in_the_history(disk):
+    disc = discretize(paper_problem("poisson"), disk, 3)
+    res = dt.fit(disc, optimizer="gn", steps=3, width=8, depth=2, seed=0, eval_every=1,
+                 lm={"step": "auto", "cg_maxiter": 5})
+    hist = res.history
+    assert hist and {"lm_kind", "lm_lam", "lm_cg_iters", "lm_rebuilds",
+                     "lm_rejected"} <= set(hist[-1])
+    assert hist[-1]["lm_kind"] in ("cg", "lagged")
