@@ -14,8 +14,11 @@ The limit is the smallest of: ``MemAvailable`` in ``/proc/meminfo`` (else free p
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
-__all__ = ["ResourceError", "available_memory", "check_memory", "format_bytes", "parse_bytes"]
+__all__ = ["ResourceError", "available_memory", "check_memory", "format_bytes", "parse_bytes",
+           "regular_file"]
 
 _SUFFIX = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -130,3 +133,26 @@ def check_memory(nbytes: float, what: str, fix: str | None = None,
         raise ResourceError(f"{what} would need about {format_bytes(nbytes)} of memory "
                             f"(estimate), but only {format_bytes(avail)} is available{tail}")
     return nbytes
+
+
+def regular_file(path, what: str, fix: str, error: type = ValueError) -> Path:
+    """``path`` as a Path after checking that it names an existing regular file, without opening
+    it (opening a FIFO blocks forever).
+
+    ``error`` (a ``ValueError`` subclass) is raised with one line naming ``what`` the file is
+    (``"point-cloud file"``), the problem (missing, not accessible, a directory, a FIFO) and ``fix``
+    (what to give instead, e.g. ``"give a regular .mat or .npz file"``).
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise error(f"{what} {p} does not exist; check the path") from None
+    except OSError as exc:
+        raise error(f"cannot access {what} {p} ({exc.strerror or exc}); check the path and its "
+                    "permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+                "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+        raise error(f"{what} {p} is {kind}; {fix}")
+    return p

@@ -56,7 +56,7 @@ def test_config_file_kinds_refused(tmp_path):
         parse_args(["--config", str(tmp_path / "none.toml")])
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)
-    with pytest.raises(ConfigFileError, match="not a regular file"):  # never opened: no hang
+    with pytest.raises(ConfigFileError, match="is a FIFO"):  # never opened: no hang
         parse_args(["--config", str(fifo)])
 
 

@@ -11,7 +11,6 @@ what to do; non-regular files (a FIFO, a directory, a device) are refused before
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 import zipfile
 import zlib
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..resources import ResourceError, check_memory
+from ..resources import ResourceError, check_memory, regular_file
 from .cloud import GHOST_OFFSET, PointCloud
 
 __all__ = ["load_mat", "load_npz", "save_npz", "load_cloud", "mat_sizes",
@@ -47,21 +46,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def _regular_file(path) -> Path:
-    """``path`` as a Path after checking it names an existing regular file (never opens it: a
-    FIFO would block)."""
-    p = Path(path)
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise ValueError(f"point-cloud file {p} does not exist; check the path") from None
-    except OSError as e:
-        raise ValueError(f"cannot access point-cloud file {p} ({_one_line(e)}); check the path "
-                         "and its permissions") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else \
-            "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-        raise ValueError(f"point-cloud file {p} is {kind}; give a regular .mat or .npz file")
-    return p
+    """The point-cloud file ``path``, checked to be a regular file (never opened here)."""
+    return regular_file(path, "point-cloud file", "give a regular .mat or .npz file")
 
 
 def _read_mat(path):

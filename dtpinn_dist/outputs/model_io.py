@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_write
+from ..resources import regular_file
 from ..model.mlp import ACTIVATIONS, MLP
 
 __all__ = ["MODEL_FORMAT", "save_model", "load_model", "model_description", "ModelFileError"]
@@ -62,17 +62,8 @@ def save_model(folder, model, disc=None) -> tuple[Path, Path]:
 
 
 def _regular(path: Path, what: str) -> Path:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ModelFileError(f"{what} {path} does not exist; give a run folder written by "
-                             "python -m dtpinn_dist.train") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot access {what} {path} ({exc.strerror}); check the path")
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelFileError(f"{what} {path} is not a regular file; give a run folder written "
-                             "by python -m dtpinn_dist.train")
-    return path
+    return regular_file(path, what, "give a run folder written by python -m dtpinn_dist.train",
+                        ModelFileError)
 
 
 def _check_architecture(arch, path) -> dict:

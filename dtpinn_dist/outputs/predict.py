@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..resources import check_memory
+from ..resources import check_memory, regular_file
 from .model_io import ModelFileError, load_model
 
 __all__ = ["load_run", "SavedRun", "read_points", "PointsError"]
@@ -123,16 +122,7 @@ def load_run(path) -> SavedRun:
 
 
 def _regular(path: Path) -> Path:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise PointsError(f"points file {path} does not exist; check the path") from None
-    except OSError as exc:
-        raise PointsError(f"cannot access points file {path} ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise PointsError(f"points file {path} is not a regular file (a FIFO or a folder?); "
-                          "give a .npz or .csv file")
-    return path
+    return regular_file(path, "points file", "give a .npz or .csv file", PointsError)
 
 
 def read_points(path) -> np.ndarray:

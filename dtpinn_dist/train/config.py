@@ -38,9 +38,10 @@ import difflib
 import inspect
 import math
 import os
-import stat
 import tomllib
 from pathlib import Path
+
+from ..resources import regular_file
 
 __all__ = ["ConfigFileError", "SCHEMA", "read_config", "apply_config", "given_dests",
            "build_domain", "resolved_config", "bc_conditions", "CONDITION_KEYS",
@@ -95,15 +96,8 @@ def _closest(word: str, options) -> str:
 
 
 def _regular(path: Path) -> Path:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigFileError(f"config file {path} does not exist; check the path") from None
-    except OSError as exc:
-        raise ConfigFileError(f"cannot access config file {path} ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigFileError(f"config file {path} is not a regular file (a FIFO or a folder?); "
-                              "give a .toml file")
+    regular_file(path, "config file", "give a .toml file", ConfigFileError)
+    st = os.stat(path)
     if st.st_size > MAX_CONFIG_BYTES:
         raise ConfigFileError(f"config file {path} has {st.st_size} bytes, more than "
                               f"{MAX_CONFIG_BYTES}; a configuration is a few hundred bytes")
