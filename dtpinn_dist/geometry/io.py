@@ -50,6 +50,31 @@ def _regular_file(path) -> Path:
     return regular_file(path, "point-cloud file", "give a regular .mat or .npz file")
 
 
+def read_npz(path, fix: str, what: str = "point-cloud file") -> tuple[Path, dict]:
+    """Every array of the ``.npz`` file ``path`` (read with ``allow_pickle=False``, after checking
+    it is a regular file and that its uncompressed size fits in memory), as ``(path, arrays)``.
+
+    One-line ``ValueError`` naming the file for a pickled, truncated or corrupt file, ending with
+    ``fix`` (how to write a good one); :class:`~dtpinn_dist.resources.ResourceError` when it is
+    too large.
+    """
+    p = regular_file(path, what, "give a regular .mat or .npz file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            # uncompressed sizes from the zip directory: refuse before reading
+            need = sum(info.file_size for info in z.zip.infolist())
+            check_memory(2 * need, f"reading {p}", fix="use a smaller file")
+            return p, {k: z[k] for k in z.files}
+    except ResourceError:
+        raise
+    except ValueError as e:
+        raise ValueError(f"{p} holds pickled objects or is malformed ({_one_line(e)}); "
+                         f"{fix}") from None
+    except _READ_ERRORS as e:
+        raise ValueError(f"cannot read {p} as .npz ({_one_line(e)}): the file is truncated, "
+                         f"corrupt or not a .npz; {fix}") from None
+
+
 def _read_mat(path):
     import scipy.io
 
@@ -202,22 +227,8 @@ def load_npz(path, ghost: bool | None = None, ghost_offset: float = GHOST_OFFSET
     ``ghost=None`` keeps the file's ghost nodes if any; ``True`` adds them if absent; ``False``
     drops them.
     """
-    p = _regular_file(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            # uncompressed sizes from the zip directory: refuse before reading
-            need = sum(info.file_size for info in z.zip.infolist())
-            check_memory(2 * need, f"reading {p}", fix="use a smaller file")
-            data = {k: z[k] for k in z.files}
-    except ResourceError:
-        raise
-    except ValueError as e:
-        raise ValueError(f"{p} holds pickled objects or is malformed ({_one_line(e)}); store "
-                         "plain float64 arrays interior, boundary, normals") from None
-    except _READ_ERRORS as e:
-        raise ValueError(f"cannot read {p} as .npz ({_one_line(e)}): the file is truncated, "
-                         "corrupt or not a .npz; write it with numpy.savez / "
-                         "dtpinn_dist.geometry.save_npz") from None
+    p, data = read_npz(path, "store plain float64 arrays interior, boundary, normals; write "
+                       "it with numpy.savez / dtpinn_dist.geometry.save_npz")
     missing = [k for k in _NPZ_REQUIRED if k not in data]
     if missing:
         raise ValueError(f"{p} lacks arrays {missing}; a point-cloud .npz needs interior, "

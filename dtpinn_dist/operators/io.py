@@ -16,15 +16,12 @@ file; :func:`save_operators` writes atomically (no half file, no ``*.tmp`` left 
 from __future__ import annotations
 
 import io
-import zipfile
-import zlib
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..atomic import atomic_write
 from ..geometry import PointCloud
-from ..resources import ResourceError, check_memory
 
 __all__ = ["save_operators", "load_operators", "OPERATOR_KEYS"]
 
@@ -70,23 +67,9 @@ def load_operators(path):
         One line naming the file: not a regular file, truncated or corrupt, pickled, missing
         arrays, matrices that do not fit the cloud, or a cloud that fails validation.
     """
-    from ..geometry.io import _READ_ERRORS, _regular_file, _tags_from_npz
+    from ..geometry.io import _tags_from_npz, read_npz
 
-    p = _regular_file(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            need = sum(info.file_size for info in z.zip.infolist())
-            check_memory(2 * need, f"reading {p}", fix="use a smaller file")
-            data = {k: z[k] for k in z.files}
-    except ResourceError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise ValueError(f"cannot read {p} as an operators .npz ({_first_line(exc)}): the file "
-                         "is truncated or corrupt; write it again with python -m "
-                         "dtpinn_dist.operators") from None
-    except _READ_ERRORS as exc:
-        raise ValueError(f"cannot read {p} as an operators .npz ({_first_line(exc)}); write it "
-                         "with python -m dtpinn_dist.operators") from None
+    p, data = read_npz(path, "write it with python -m dtpinn_dist.operators", what="operators file")
     missing = [k for k in OPERATOR_KEYS if k not in data]
     if missing:
         raise ValueError(f"{p} lacks {missing}; write it with python -m dtpinn_dist.operators "
