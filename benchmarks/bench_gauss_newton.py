@@ -38,55 +38,31 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dtpinn_dist as dt  # noqa: E402
-from dtpinn_dist.geometry import load_mat  # noqa: E402
 
-REF = Path(os.environ.get("DTPINN_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
-FILES = {4977: "DiskPoissonNodesLarge.mat", 19638: "DiskPoissonNodesLarge.mat",
-         828: "DiskPoissonNodes.mat", 1663: "DiskPoissonNodes.mat"}
+from benchmarks.authors import authors_cloud, load  # noqa: E402
+from benchmarks.authors import run_deepxde as _run_deepxde  # noqa: E402
+
 ISSUE_TARGET = 1.8e-5
 #: DeepXDE at N = 4977 as measured by deepxde_runner earlier on this machine (cited when the
 #: run does not include DeepXDE or its budget is too short to reach its best).
 DEEPXDE_EARLIER = {"best_rel_l2": "3.5e-5 to 4.0e-5", "at_cpu_s": "270-300"}
 
 
-def load() -> list[float]:
-    return list(os.getloadavg())
-
-
-def test_points():
-    t = load_mat(REF / "DiskPoissonNodesLarge.mat", n=21748, ghost=False)
-    return np.vstack([t.interior, t.boundary])
-
-
 def make_disc(kind, n, order=4, nt=None):
-    cloud = load_mat(REF / FILES[n], n=n)
-    if kind != "heat":
-        cloud = dataclasses.replace(cloud, test=test_points())
+    cloud = authors_cloud(n, test=kind != "heat")
     return dt.discretize(dt.paper_problem(kind, nt=nt), cloud, order)
-
-
-def first_time_below(hist, target, key="time_s"):
-    for h in hist:
-        e = h.get("rel_l2")
-        if e is not None and e <= target:
-            return h[key]
-    return None
 
 
 def summarize(name, hist, res, extra=None):
@@ -126,19 +102,9 @@ def lm_summary(lm):
 
 
 def run_deepxde(n, budget, kind="poisson"):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "dx.json"
-        cmd = [sys.executable, "-m", "benchmarks.peers.deepxde_runner", "--problem", kind,
-               "--n", str(n), "--time", str(budget), "--threads", "1", "--json", str(path),
-               "--quiet", "--ref-dir", str(REF)]
-        l0 = load()
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0 or not path.exists():
-            return {"method": "deepxde", "error": (proc.stderr or proc.stdout)[-2000:]}
-        dx = json.loads(path.read_text())
-    dx["load_before"], dx["load_after"], dx["wall_s"] = l0, load(), wall
+    dx = _run_deepxde(kind, n, budget)
+    if "error" in dx or "skipped" in dx:
+        return {"method": "deepxde", "error": dx.get("error") or dx.get("skipped")}
     return {"method": "deepxde", "raw": dx}
 
 

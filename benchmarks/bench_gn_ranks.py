@@ -37,13 +37,13 @@ sys.path.insert(0, str(REPO))
 
 import dtpinn_dist as dt  # noqa: E402
 from dtpinn_dist.comm import as_comm  # noqa: E402
-from dtpinn_dist.geometry import load_mat  # noqa: E402
 from dtpinn_dist.model import MLP  # noqa: E402
 from dtpinn_dist.optimizer.gauss_newton_cg import normal_matvec  # noqa: E402
 from dtpinn_dist.optimizer.least_squares import PINNLeastSquares  # noqa: E402
 from dtpinn_dist.optimizer.lm import LevenbergMarquardt  # noqa: E402
 
-REF = Path(os.environ.get("DTPINN_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+from benchmarks.authors import authors_cloud  # noqa: E402
+
 
 
 def timed(comm, fn, repeat):
@@ -68,8 +68,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     comm = as_comm(None)
-    cloud = load_mat(REF / ("DiskPoissonNodesLarge.mat" if args.n > 1663 else
-                            "DiskPoissonNodes.mat"), n=args.n)
+    cloud = authors_cloud(args.n, test=False)
     disc = dt.discretize(dt.paper_problem("poisson"), cloud, args.order, comm=comm,
                          backend="petsc")
     model = MLP(2, 50, 4, seed=0)

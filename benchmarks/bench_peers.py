@@ -28,7 +28,6 @@ ratios of one run, not absolute seconds across runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -41,30 +40,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dtpinn_dist as dt  # noqa: E402
-from dtpinn_dist.geometry import load_mat  # noqa: E402
-
-REF = Path(os.environ.get("DTPINN_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
-FILES = {1663: "DiskPoissonNodes.mat", 4977: "DiskPoissonNodesLarge.mat",
-         19638: "DiskPoissonNodesLarge.mat", 828: "DiskPoissonNodes.mat"}
-
-
-def cloud_of(n: int):
-    """The authors' node set with N = n and their 21748-point test set."""
-    cloud = load_mat(REF / FILES[n], n=n)
-    t = load_mat(REF / "DiskPoissonNodesLarge.mat", n=21748, ghost=False)
-    return dataclasses.replace(cloud, test=np.vstack([t.interior, t.boundary]))
-
-
-def time_to(history, target, tkey="time_s"):
-    for h in history:
-        e = h.get("rel_l2")
-        if e is not None and e <= target:
-            return h[tkey]
-    return None
+from benchmarks.authors import FILES, authors_cloud, first_time_below  # noqa: E402
+from benchmarks.authors import run_deepxde as _run_deepxde  # noqa: E402
 
 
 def run_direct_mpi(problem: str, n: int, np_: int) -> dict:
@@ -86,22 +66,9 @@ def run_direct_mpi(problem: str, n: int, np_: int) -> dict:
 
 
 def run_deepxde(problem: str, n: int, budget: float, seed: int) -> dict:
-    try:
-        import importlib.util
-        if importlib.util.find_spec("deepxde") is None:
-            return {"skipped": "DeepXDE not installed (pip install -e .[bench])"}
-    except ImportError:  # pragma: no cover
-        return {"skipped": "DeepXDE not importable"}
-    with tempfile.TemporaryDirectory() as tmp:
-        js = Path(tmp) / "dx.json"
-        cmd = [sys.executable, str(REPO / "benchmarks" / "peers" / "deepxde_runner.py"),
-               "--problem", problem, "--n", str(n), "--time", str(budget), "--seed", str(seed),
-               "--threads", "1", "--ref-dir", str(REF), "--json", str(js), "--quiet"]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=budget * 4 + 600,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
-        if p.returncode != 0:
-            return {"failed": p.stderr[-500:]}
-        r = json.loads(js.read_text())
+    r = _run_deepxde(problem, n, budget, seed)
+    if "history" not in r:
+        return r
     hist = [{"time_s": h["train_time_s"], "cpu_s": h.get("train_cpu_s"), "rel_l2": h["rel_l2"],
              "loss": h.get("loss")} for h in r["history"]]
     return {"best_rel_l2": r["best_rel_l2"], "time_to_best_s": r["time_to_best_s"],
@@ -146,7 +113,7 @@ def report(problem: str, n: int, r: dict) -> list[str]:
         cells = []
         r["time_to"][m] = {}
         for lbl, t in targets:
-            tt = time_to(x["history"], t)
+            tt = first_time_below(x["history"], t)
             r["time_to"][m][lbl] = tt
             dxt = r["time_to"].get("deepxde", {}).get(lbl)
             ratio = f" ({dxt / tt:.1f}x)" if (m != "deepxde" and tt and dxt) else ""
@@ -170,7 +137,7 @@ def main(argv=None):
     if a.solve_only:  # under mpirun: the distributed direct solve only
         from dtpinn_dist.comm import as_comm
         comm = as_comm(None)
-        disc = dt.discretize(dt.paper_problem(a.problems), cloud_of(a.n), 4, comm=comm)
+        disc = dt.discretize(dt.paper_problem(a.problems), authors_cloud(a.n), 4, comm=comm)
         sol = dt.solve_discrete(disc).summary()
         if comm.rank == 0:
             Path(a.json).write_text(json.dumps(sol))
@@ -180,7 +147,7 @@ def main(argv=None):
     lines = []
     for problem in a.problems.split(","):
         r = {"load": os.getloadavg(), "np": a.np}
-        disc = dt.discretize(dt.paper_problem(problem), cloud_of(a.n), 4)
+        disc = dt.discretize(dt.paper_problem(problem), authors_cloud(a.n), 4)
         r["direct"] = dt.solve_discrete(disc).summary()
         r["direct-mpi"] = run_direct_mpi(problem, a.n, a.np)
         r["deepxde"] = run_deepxde(problem, a.n, a.time, a.seed)
