@@ -14,6 +14,7 @@ log file is attached. The log is appended line by line (not atomically: it is a 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -105,8 +106,16 @@ class RunLog:
         if self.want_bar and self._bar is None:
             from tqdm import tqdm
 
+            # a terminal that reports a 0 x 0 size (a fresh pseudo-terminal, some consoles):
+            # tqdm would hide the bar (no rows) -- give it a fixed size then
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except (OSError, ValueError):
+                size = os.terminal_size((0, 0))
+            known = size.columns > 0 and size.lines > 0
             self._bar = tqdm(total=int(total_steps), file=sys.stderr, unit="step",
-                             dynamic_ncols=True, leave=True)
+                             dynamic_ncols=known, ncols=None if known else 100,
+                             nrows=None if known else 24, leave=True)
 
     def record(self, rec: dict) -> None:
         """An evaluation record: move the bar to its step and show its loss and error."""
