@@ -28,14 +28,6 @@ def disk():
     return make_cloud("disk", n=300, seed=4)
 
 
-def _tagged_square(n=300, seed=0):
-    cloud = dt.make_cloud(dt.Rectangle((0, 0), (1, 1)), n=n, seed=seed, n_test=100)
-    left = np.abs(cloud.boundary[:, 0]) < 1e-12
-    cloud.boundary_tags = np.where(left, 3, 0).astype(np.int64)
-    cloud.tag_names = {"walls": 0, "left": 3}
-    return cloud
-
-
 # ------------------------------------------------------------------------------ factor products
 def test_mlp_jvp_vjp_and_column_blocks_equal_explicit_jacobian(spread):
     gen = torch.Generator().manual_seed(11)
@@ -79,7 +71,9 @@ def _problems():
         # two boundary parts with their own conditions (partial row sets)
         "two-parts": lambda: (dt.Problem("-lap(u) + u**3",
                                          bc={"left": dt.Neumann(), "*": dt.Dirichlet()},
-                                         exact="sin(pi*x)*y + 1"), _tagged_square()),
+                                         exact="sin(pi*x)*y + 1"),
+                      # the rectangle's own boundary parts: bottom, right, top, left
+                      dt.make_cloud(dt.Rectangle((0, 0), (1, 1)), n=300, seed=0, n_test=100)),
     }
 
 
@@ -195,6 +189,17 @@ def _residual_bound(M, p, b, iters, cg_tol):
     return cg_tol * float(torch.linalg.vector_norm(b)) + drift
 
 
+def _check_cg_step(lsq, theta, p, rec, D, cg_tol, spread, key):
+    """The step ``p`` taken from ``theta`` solves ``(J^T J + lam D) p = -J^T r`` to CG's
+    tolerance (bound: :func:`_residual_bound`); returns the explicit J."""
+    M, b, J, _ = _explicit(lsq, theta, rec["lam_step"], D)
+    res = float(torch.linalg.vector_norm(M @ p - b))
+    tol = _residual_bound(M, p, b, rec["cg_iters"], cg_tol)
+    spread(key, res, tol)
+    assert res <= tol
+    return J
+
+
 def test_cg_step_solves_damped_normal_equations_to_its_tolerance(nonlinear, spread):
     cg_tol = 1e-8
     model = MLP(2, 8, 2, seed=2)
@@ -204,12 +209,8 @@ def test_cg_step_solves_damped_normal_equations_to_its_tolerance(nonlinear, spre
     rec = lm.history[-1]
     assert rec["accepted"] and rec["kind"] == "cg" and rec["cg_converged"]
     assert 0 < rec["cg_iters"] <= 1000 and not rec["rebuilt"] and lm.rebuilds == 0
-    p = lsq.get_params() - th0
-    M, b, J, _ = _explicit(lsq, th0, rec["lam_step"], lm.D)
-    res = float(torch.linalg.vector_norm(M @ p - b))
-    tol = _residual_bound(M, p, b, rec["cg_iters"], cg_tol)
-    spread("gn.step.cg.residual", res, tol)
-    assert res <= tol
+    J = _check_cg_step(lsq, th0, lsq.get_params() - th0, rec, lm.D, cg_tol, spread,
+                       "gn.step.cg.residual")
     # The Levenberg scale of a matrix-free first step: ||J||_F^2 / P from 4 Rademacher probes
     # (unbiased; for these J the probe spread is well within a factor 2).
     c = float((J * J).sum()) / J.shape[1]
@@ -226,12 +227,8 @@ def test_lagged_pcg_step_and_rebuild_when_stale(nonlinear, spread):
     rec = lm.history[-1]
     assert rec["kind"] == "lagged" and not rec["rebuilt"] and rec["cg_iters"] > 0
     assert rec["accepted"] and rec["cg_converged"] and lm.rebuilds == 1
-    p = lsq.get_params() - th1
-    M, b, _, _ = _explicit(lsq, th1, rec["lam_step"], lm.D)
-    res = float(torch.linalg.vector_norm(M @ p - b))
-    tol = _residual_bound(M, p, b, rec["cg_iters"], cg_tol)
-    spread("gn.step.lagged.residual", res, tol)
-    assert res <= tol
+    _check_cg_step(lsq, th1, lsq.get_params() - th1, rec, lm.D, cg_tol, spread,
+                   "gn.step.lagged.residual")
     # stale factor: PCG allowed 1 iteration to 1e-14 misses, so the next step rebuilds
     lm.lag_maxiter, lm.cg_tol = 1, 1e-14
     lm.step()
