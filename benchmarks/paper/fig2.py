@@ -210,32 +210,26 @@ def plots(args, results, orders):
         for i, (n, block) in enumerate(per_n.items()):
             sm = block["summary"]
             depths = [int(d) for d in sm]
-            ax = axes[i][0]
-            C.errorbar(ax, depths, [sm[str(d)]["err_autograd_fp32"] for d in depths],
-                       "fp32 autograd", color="k")
-            for p in orders:
-                C.errorbar(ax, depths, [sm[str(d)][f"err_rbffd_p{p}"] for d in depths],
-                           f"RBF-FD p={p}")
-            ax.set_yscale("log")
-            ax.set_xlabel("depth s")
-            ax.set_ylabel("relative error vs fp64 autograd")
-            ax.set_title(f"N = {n}", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            ax = axes[i][1]
-            C.errorbar(ax, depths, [sm[str(d)]["autograd_fp64_s"] for d in depths],
-                       "fp64 autograd", color="k")
-            C.errorbar(ax, depths, [sm[str(d)]["autograd_fp32_s"] for d in depths],
-                       "fp32 autograd", color="gray")
-            for p in orders:
-                C.errorbar(ax, depths, [sm[str(d)][f"spmv_p{p}_s"] for d in depths],
-                           f"SpMV p={p}")
-            ax.set_yscale("log")
-            ax.set_xlabel("depth s")
-            ax.set_ylabel("time of one application [s]")
-            ax.set_title(f"N = {n} ({args.device})", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+
+            def panel(ax, curves, ylabel, title):
+                """One log-scale panel of per-depth curves: (key, label, colour or None)."""
+                for key, label, color in curves:
+                    C.errorbar(ax, depths, [sm[str(d)][key] for d in depths], label,
+                               **({"color": color} if color else {}))
+                ax.set_yscale("log")
+                ax.set_xlabel("depth s")
+                ax.set_ylabel(ylabel)
+                ax.set_title(title, fontsize=9)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+
+            panel(axes[i][0], [("err_autograd_fp32", "fp32 autograd", "k")]
+                  + [(f"err_rbffd_p{p}", f"RBF-FD p={p}", None) for p in orders],
+                  "relative error vs fp64 autograd", f"N = {n}")
+            panel(axes[i][1], [("autograd_fp64_s", "fp64 autograd", "k"),
+                               ("autograd_fp32_s", "fp32 autograd", "gray")]
+                  + [(f"spmv_p{p}_s", f"SpMV p={p}", None) for p in orders],
+                  "time of one application [s]", f"N = {n} ({args.device})")
         fig.suptitle(f"{title} of a random-weight 50-wide tanh network (median, min..max)",
                      fontsize=10)
         C.save(fig, args, fname)
