@@ -71,7 +71,7 @@ def atomic_path(path: str | os.PathLike, what: str = "output"):
     ``KeyboardInterrupt`` is re-raised as is, after the clean-up).
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -107,9 +107,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", what: str = "output"
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     with atomic_path(path, what) as tmp:
         with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            yield fh  # closed (flushed) here; atomic_path fsyncs the file before the rename
 
 
 def probe_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 __all__ = ["ResourceError", "available_memory", "check_memory", "format_bytes", "parse_bytes",
-           "regular_file"]
+           "one_line", "regular_file"]
 
 _SUFFIX = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -133,6 +133,13 @@ def check_memory(nbytes: float, what: str, fix: str | None = None,
         raise ResourceError(f"{what} would need about {format_bytes(nbytes)} of memory "
                             f"(estimate), but only {format_bytes(avail)} is available{tail}")
     return nbytes
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters; its type's name when
+    it has none): what a one-line error quotes of the cause."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def regular_file(path, what: str, fix: str, error: type = ValueError) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..resources import ResourceError, check_memory, regular_file
+from ..resources import ResourceError, check_memory, one_line, regular_file
 from .cloud import GHOST_OFFSET, PointCloud
 
 __all__ = ["load_mat", "load_npz", "save_npz", "load_cloud", "mat_sizes",
@@ -38,11 +38,6 @@ MAT_NORMAL_LENGTHS = (0.5, 2.0)
 # What numpy / zipfile / zlib / scipy raise on truncated, corrupt or bad-CRC files.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile,
                 zlib.error, NotImplementedError, MemoryError, UnicodeDecodeError)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def _regular_file(path) -> Path:
@@ -68,10 +63,10 @@ def read_npz(path, fix: str, what: str = "point-cloud file") -> tuple[Path, dict
     except ResourceError:
         raise
     except ValueError as e:
-        raise ValueError(f"{p} holds pickled objects or is malformed ({_one_line(e)}); "
+        raise ValueError(f"{p} holds pickled objects or is malformed ({one_line(e)}); "
                          f"{fix}") from None
     except _READ_ERRORS as e:
-        raise ValueError(f"cannot read {p} as .npz ({_one_line(e)}): the file is truncated, "
+        raise ValueError(f"cannot read {p} as .npz ({one_line(e)}): the file is truncated, "
                          f"corrupt or not a .npz; {fix}") from None
 
 
@@ -83,7 +78,7 @@ def _read_mat(path):
     try:
         m = scipy.io.loadmat(str(p))
     except _READ_ERRORS as e:  # scipy raises several types for corrupt or truncated files
-        raise ValueError(f"cannot read {p} as a MATLAB .mat file ({_one_line(e)}); pass a MATLAB "
+        raise ValueError(f"cannot read {p} as a MATLAB .mat file ({one_line(e)}); pass a MATLAB "
                          "v5 file with cell arrays fullintnodes, bdrynodes, normals") from None
     missing = [k for k in _MAT_KEYS if k not in m]
     if missing:
@@ -101,7 +96,7 @@ def _float_array(a, path, what: str) -> np.ndarray:
     try:
         out = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {what} is not a numeric array ({_one_line(e)}); store float "
+        raise ValueError(f"{path}: {what} is not a numeric array ({one_line(e)}); store float "
                          "coordinates") from None
     return out
 

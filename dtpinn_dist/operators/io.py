@@ -15,13 +15,13 @@ file; :func:`save_operators` writes atomically (no half file, no ``*.tmp`` left 
 """
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..atomic import atomic_write
 from ..geometry import PointCloud
+from ..resources import one_line
 
 __all__ = ["save_operators", "load_operators", "OPERATOR_KEYS"]
 
@@ -47,14 +47,8 @@ def save_operators(path, cloud, L, B, order, alpha=1.0, beta=1.0) -> None:
         A = sp.csr_matrix(A)
         arrays.update({f"{name}_data": A.data, f"{name}_indices": A.indices,
                        f"{name}_indptr": A.indptr, f"{name}_shape": np.array(A.shape, np.int64)})
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
     with atomic_write(path, "wb", what="operators") as fh:
-        fh.write(buf.getvalue())
-
-
-def _first_line(exc) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        np.savez(fh, **arrays)
 
 
 def load_operators(path):
@@ -93,6 +87,6 @@ def load_operators(path):
                                        data[f"{n}_indptr"]), shape=shape))
             mats[-1].check_format(full_check=True)
         except ValueError as exc:
-            raise ValueError(f"{p}: {n} is not a valid CSR matrix ({_first_line(exc)}); the "
+            raise ValueError(f"{p}: {n} is not a valid CSR matrix ({one_line(exc)}); the "
                              "file is damaged, write it again") from None
     return mats[0], mats[1], cloud

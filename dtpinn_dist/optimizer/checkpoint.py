@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import OutputError, atomic_write
+from ..resources import one_line
 
 __all__ = ["CHECKPOINT_FILE", "FORMAT", "VERSION", "CheckpointError", "CheckpointMismatch",
            "checkpoint_file", "fingerprint", "compare", "save", "load", "read"]
@@ -164,7 +165,7 @@ def read(path, mmap: bool = False) -> dict:
         doc = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
             zipfile.BadZipFile) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        why = one_line(exc)
         raise CheckpointError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint "
                               f"({why})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:

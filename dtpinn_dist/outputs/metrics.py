@@ -41,6 +41,14 @@ def _clean(obj):
     return str(obj)
 
 
+def write_json(path: str | os.PathLike, doc: dict, what: str = "metrics") -> Path:
+    """``doc`` as JSON (NaN/inf -> null, numpy/torch scalars -> numbers), written atomically."""
+    text = json.dumps(_clean(doc), indent=1)
+    with atomic_write(path, "w", what=what) as fh:
+        fh.write(text)
+    return Path(path)
+
+
 def write_metrics(out: str | os.PathLike, settings: dict, result, ranks: int = 1,
                   overwrite: bool = False) -> Path:
     """Write ``out/metrics.json`` from a :class:`~dtpinn_dist.train.trainer.TrainResult`.
@@ -51,10 +59,7 @@ def write_metrics(out: str | os.PathLike, settings: dict, result, ranks: int = 1
     path = prepare_out_dir(out, overwrite=overwrite) / "metrics.json"
     doc = {"settings": settings, "ranks": int(ranks), **result.summary(),
            "history": result.history}
-    text = json.dumps(_clean(doc), indent=1)
-    with atomic_write(path, "w", what="metrics") as fh:
-        fh.write(text)
-    return path
+    return write_json(path, doc)
 
 
 def read_metrics(path: str | os.PathLike) -> dict:

@@ -7,7 +7,6 @@ only); ``model.json`` is plain JSON. Together they rebuild the
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write
-from ..resources import regular_file
+from ..resources import one_line, regular_file
 from ..model.mlp import ACTIVATIONS, MLP
 
 __all__ = ["MODEL_FORMAT", "save_model", "load_model", "model_description", "ModelFileError"]
@@ -51,11 +50,9 @@ def save_model(folder, model, disc=None) -> tuple[Path, Path]:
     paths."""
     folder = Path(folder)
     doc = model_description(model, disc)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     pt, js = folder / "model.pt", folder / "model.json"
     with atomic_write(pt, "wb", what="model") as fh:
-        fh.write(buf.getvalue())
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, fh)
     with atomic_write(js, "w", what="model description") as fh:
         json.dump(doc, fh, indent=1)
     return pt, js
@@ -111,7 +108,7 @@ def load_model(folder) -> tuple[torch.nn.Module, dict]:
     try:
         state = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        msg = one_line(exc)
         raise ModelFileError(f"cannot read {pt} ({msg}); the file is damaged or truncated, "
                              "or not a weights-only state_dict") from None
     model = MLP(arch["in_dim"], arch["width"], arch["depth"], arch["out_dim"],

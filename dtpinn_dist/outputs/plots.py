@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -30,11 +29,11 @@ def _pyplot():
 
 
 def _save(plt, fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)  # tight_layout already: no second drawing
-    plt.close(fig)
-    with atomic_write(path, "wb", what="plot") as fh:
-        fh.write(buf.getvalue())
+    try:
+        with atomic_write(path, "wb", what="plot") as fh:
+            fig.savefig(fh, format="png", dpi=120)  # tight_layout already: no second drawing
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..resources import check_memory, regular_file
+from ..resources import check_memory, one_line, regular_file
 from .model_io import ModelFileError, load_model
 
 __all__ = ["load_run", "SavedRun", "read_points", "PointsError"]
@@ -146,7 +146,7 @@ def read_points(path) -> np.ndarray:
         except PointsError:
             raise
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            msg = one_line(exc)
             raise PointsError(f"cannot read {p} as .npz ({msg}): the file is truncated, "
                               "corrupt, pickled or not a .npz") from None
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype,
@@ -165,7 +165,7 @@ def read_points(path) -> np.ndarray:
                 skip = 1  # a header line of names
             arr = np.loadtxt(p, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            msg = one_line(exc)
             raise PointsError(f"cannot read {p} as CSV ({msg}); write one point per line, "
                               "coordinates separated by commas") from None
         return arr

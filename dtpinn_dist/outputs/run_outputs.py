@@ -7,7 +7,6 @@ unwritable folder) raises :class:`~dtpinn_dist.atomic.OutputError` naming the fi
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from .model_io import save_model
@@ -41,9 +40,8 @@ def write_outputs(folder, model, disc, points, history, log=None, created=None) 
     Returns
     -------
     dict
-        ``name -> path`` of the files written, and ``"time_s"``.
+        ``name -> path`` of the files written.
     """
-    t0 = time.perf_counter()
     folder = Path(folder)
     note = created or (lambda p: None)
     out = {}
@@ -68,6 +66,4 @@ def write_outputs(folder, model, disc, points, history, log=None, created=None) 
             log.warn(line)
         elif log is not None:
             log("warning: " + line)
-    out["time_s"] = time.perf_counter() - t0
-    out["fields"] = fields
     return out

@@ -64,9 +64,7 @@ def _alive_here(info: dict) -> bool | None:
         os.kill(info["pid"], 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # a live process of another user
-        return True
-    return True
+    return True  # alive (a PermissionError: a live process of another user)
 
 
 def _lock_text(info: dict) -> str:

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
@@ -82,8 +81,6 @@ def write_solution_npz(path, fields: SolutionFields):
     if fields.u_exact is not None:
         arrays.update(u_exact=fields.u_exact, error=fields.error,
                       rel_l2=np.float64(fields.rel_l2))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
     with atomic_write(path, "wb", what="solution") as fh:
-        fh.write(buf.getvalue())
+        np.savez(fh, **arrays)
     return path

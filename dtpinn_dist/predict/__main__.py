@@ -47,10 +47,8 @@ def _write(path: Path, P: np.ndarray, u: np.ndarray, t, inputs) -> None:
     arrays = {"points": P, "u": u}
     if t is not None:
         arrays["t"] = np.float64(t)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
     with atomic_write(path, "wb", what="predictions") as fh:
-        fh.write(buf.getvalue())
+        np.savez(fh, **arrays)
 
 
 def main(argv=None) -> int:

@@ -572,7 +572,7 @@ def _write_results(rundir, settings, result, trainer, disc, cloud, comm, log) ->
     points = cloud.test if cloud.test is not None else cloud.collocation
     out = write_outputs(rundir.path, trainer.model, disc, points, result.history, log=log,
                         created=rundir.file)
-    files = {k: v for k, v in out.items() if k not in ("time_s", "fields")}
+    files = out
     settings = dict(settings)
     sizes = {k: Path(v).stat().st_size for k, v in files.items()}
     settings["outputs"] = sizes
@@ -593,9 +593,7 @@ def _write_results(rundir, settings, result, trainer, disc, cloud, comm, log) ->
 
 def _solve(args, disc, problem, cloud_desc, out, comm, log) -> dict:
     """``--method solve``: the discrete system solved directly; metrics.json records it."""
-    import json
-
-    from ..atomic import atomic_write
+    from ..outputs.metrics import write_json
     from ..problem import solve_discrete
 
     if problem.time_dependent:
@@ -613,8 +611,7 @@ def _solve(args, disc, problem, cloud_desc, out, comm, log) -> dict:
     try:
         if comm.rank == 0:
             path = rundir.file("metrics.json")
-            with atomic_write(path, "w", what="metrics") as fh:
-                json.dump(doc, fh, indent=1, default=str)
+            write_json(path, doc)
             err = sol.rel_l2_nodes
             log(f"direct solve ({sol.solver}): {sol.iterations} Newton step(s), linear "
                 f"iterations {sol.linear_iterations}, residual {sol.residual_norm:.2e}, "
