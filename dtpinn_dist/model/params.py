@@ -8,7 +8,8 @@ __all__ = ["flatten", "copy_flat_into"]
 
 
 def flatten(tensors) -> torch.Tensor:
-    """The tensors (parameters, or their ``.grad``) as one detached flat vector, in order."""
+    """The tensors (parameters, or their ``.grad``) as one detached flat vector, in order: a new
+    tensor (``torch.cat``), never a view of them."""
     return parameters_to_vector(list(tensors)).detach()
 
 

@@ -33,8 +33,8 @@ from torch import nn
 from torch.autograd import forward_ad as fwAD
 from torch.func import functional_call
 
-from ..model.jacobian import (is_plain_mlp, mlp_factors, mlp_jacobian_columns, mlp_jvp, mlp_ntk,
-                              mlp_vjp, network_jacobian, unflatten)
+from ..model.jacobian import (is_plain_mlp, mlp_factors, mlp_jacobian_columns, mlp_jvp,
+                              mlp_matches, mlp_ntk, mlp_vjp, network_jacobian, unflatten)
 from ..model.params import copy_flat_into, flatten
 
 __all__ = ["LeastSquaresProblem", "DenseLeastSquares", "PINNLeastSquares", "JacobianTooLarge",
@@ -91,9 +91,8 @@ class Linearization:
     kind : str
         How the products are computed: ``"factors"`` (``A`` and the MLP's layer factors),
         ``"autograd"`` (forward / reverse mode through the residual) or ``"explicit"``.
-    fast_jacobian : bool
-        Whether the dense ``J`` costs about as much as a few products per column block (it is
-        built from the structure), not one forward-mode pass per parameter.
+    n_params : int
+        P, the length of the parameter vector.
 
     Methods ``jvp(v)`` (``J v``, this rank's rows), ``vjp(y)`` (this rank's share of ``J^T y``:
     sum over ranks with ``comm.sum``), ``jacobian()`` (this rank's rows of the dense ``J``),
@@ -102,9 +101,8 @@ class Linearization:
     calls.
     """
 
-    def __init__(self, r, jvp, vjp, jacobian, kind, fast_jacobian=True, gram=None,
-                 n_params=None):
-        self.r, self.kind, self.fast_jacobian = r, kind, bool(fast_jacobian)
+    def __init__(self, r, jvp, vjp, jacobian, kind, n_params, gram=None):
+        self.r, self.kind = r, kind
         self._jvp, self._vjp, self._jacobian, self._gram = jvp, vjp, jacobian, gram
         self.n_params = n_params
         self.products = 0
@@ -182,9 +180,8 @@ class LeastSquaresProblem:
 
         return Linearization(self.residual(theta), lambda v: self.jvp(theta, v),
                              lambda y: self.vjp(theta, y), lambda: self.jacobian(theta)[1],
-                             kind="explicit", fast_jacobian=self.has_fast_jacobian(),
-                             gram=gram if self.comm.size == 1 else None,
-                             n_params=self.n_params)
+                             kind="explicit", n_params=self.n_params,
+                             gram=gram if self.comm.size == 1 else None)
 
 
 class DenseLeastSquares(LeastSquaresProblem):
@@ -301,10 +298,7 @@ class PINNLeastSquares(LeastSquaresProblem):
             return None
         m = _model_at(self.model, theta)
         u, factors = mlp_factors(m, self._x)
-        with torch.no_grad():
-            ref = m(self._x).reshape(-1)
-        top = float(ref.abs().max()) if ref.numel() else 0.0  # a rank may own no nodes
-        if not torch.allclose(u, ref, rtol=1e-12, atol=1e-12 * max(1.0, top)):
+        if not mlp_matches(m, self._x, u):
             return None
         return m, u, factors
 
@@ -334,13 +328,13 @@ class PINNLeastSquares(LeastSquaresProblem):
 
         return Linearization(r, lambda v: self.jvp(theta, v), vjp,
                              lambda: self.jacobian(theta)[1], kind="autograd",
-                             fast_jacobian=self.has_fast_jacobian(), n_params=self.n_params)
+                             n_params=self.n_params)
 
     def _factor_linearization(self, theta, m, u, factors) -> Linearization:
         disc = self.disc
         r = disc.values_residual(u).detach()
         self._n_rows = r.numel()
-        A, AT = disc.linearization(u), disc.linearization_transpose(u)
+        A, AT = disc.linearization_pair(u)
 
         def jvp(v):
             return A(mlp_jvp(m, factors, v)[:, None])[:, 0]
@@ -364,8 +358,8 @@ class PINNLeastSquares(LeastSquaresProblem):
             def gram():
                 return self._gram(u, factors)
 
-        return Linearization(r, jvp, vjp, jacobian, kind="factors", fast_jacobian=True,
-                             gram=gram, n_params=self.n_params)
+        return Linearization(r, jvp, vjp, jacobian, kind="factors", n_params=self.n_params,
+                             gram=gram)
 
     def jacobian(self, theta):
         """``(r_local, J_local)``: ``(dR/du) Ju`` for steady DT problems, else one jvp per

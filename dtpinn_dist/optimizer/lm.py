@@ -56,6 +56,7 @@ import time
 
 import torch
 
+from ..model.jacobian import is_plain_mlp
 from .gauss_newton_cg import frobenius_scale, normal_matvec, pcg
 from .least_squares import JacobianTooLarge, LeastSquaresProblem, PINNLeastSquares
 
@@ -80,6 +81,19 @@ def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
 
 def _chol_solve(L, b):
     return torch.cholesky_solve(b[:, None], L)[:, 0]
+
+
+def _direct_step(L, M, dual, lin, r, g, cache):
+    """The step from the factor ``L`` of this step's own matrix ``M`` (+ lam D): the dual
+    ``p = -J^T z`` with ``(J J^T + lam c I) z = r``, or the primal ``(J^T J + lam D) p = -g``.
+    Leaves ``J p`` (dual) or ``p^T M p`` (primal) in ``cache`` for the predicted decrease."""
+    if dual:
+        z = _chol_solve(L, r)
+        cache["Jp"] = -(M @ z)  # J p = -J J^T z
+        return -lin.vjp(z)
+    p = _chol_solve(L, -g)
+    cache["pHp"] = float(torch.dot(p, M @ p))
+    return p
 
 
 class LevenbergMarquardt:
@@ -203,7 +217,7 @@ class LevenbergMarquardt:
         if self.comm.size > 1 or self.damping != "levenberg" or self.form == "primal":
             return False
         gram_ok = getattr(self.lsq, "disc", None) is None or (
-            self.lsq.has_fast_jacobian() and _plain_mlp(self.lsq))
+            self.lsq.has_fast_jacobian() and is_plain_mlp(self.lsq.model))
         if not gram_ok:
             return False
         return self.form == "dual" or m < p
@@ -292,7 +306,7 @@ class LevenbergMarquardt:
         G = lin.gram() if dual else None
         if G is not None:
             if self.D is None:
-                P = lin.n_params if lin.n_params is not None else self.lsq.n_params
+                P = lin.n_params
                 self.D = torch.full((P,), float(torch.trace(G)) / P, dtype=G.dtype,
                                     device=G.device)
             return G, True
@@ -337,13 +351,7 @@ class LevenbergMarquardt:
                 info["refactors"] += 1
                 if L is None:
                     return None
-                if dual:
-                    z = _chol_solve(L, r)
-                    cache["Jp"] = -(M @ z)  # J p = -J J^T z
-                    return -lin.vjp(z)
-                p = _chol_solve(L, -g)
-                cache["pHp"] = float(torch.dot(p, M @ p))
-                return p
+                return _direct_step(L, M, dual, lin, r, g, cache)
         elif kind == "cg":
             dual = False
             if self.D is None:
@@ -386,13 +394,7 @@ class LevenbergMarquardt:
                 if L is None:
                     return None
                 if fresh:  # this step's own matrix: the direct (dense) solve
-                    if dual:
-                        z = _chol_solve(L, r)
-                        cache["Jp"] = -(pre["M"] @ z)
-                        return -lin.vjp(z)
-                    p = _chol_solve(L, -g)
-                    cache["pHp"] = float(torch.dot(p, pre["M"] @ p))
-                    return p
+                    return _direct_step(L, pre["M"], dual, lin, r, g, cache)
                 if dual:  # residual-space PCG on (J J^T + lam c I) z = r, p = -J^T z
                     c = lam * float(self.D[0])
                     z, it = pcg(lambda y: lin.jvp(lin.vjp(y)) + c * y, r,
@@ -493,8 +495,11 @@ class LevenbergMarquardt:
         """Damping, scaling, counters, the step-kind phase, the lagged preconditioner's matrix
         and history (the weights live in the model). Tensors, numbers, strings, lists and dicts
         only (``torch.load(weights_only=True)``). The lagged matrix is P x P (or rows x rows)."""
+        # M itself, not a copy (P x P: ~490 MB at the paper's network): it is never modified
+        # for good (_cholesky restores its diagonal; a rebuild makes a new tensor), and the
+        # trainer's checkpoint deep-copies what it saves
         pre = None if self._pre is None else {"form": self._pre["form"],
-                                              "M": self._pre["M"].detach().clone(),
+                                              "M": self._pre["M"].detach(),
                                               "lam": self._pre["lam"]}
         return {"lam": self.lam, "nu": self.nu,
                 "D": None if self.D is None else self.D.detach().clone(),
@@ -523,8 +528,3 @@ class LevenbergMarquardt:
         self._pre_L = None  # recomputed from M (the same bits) when next needed
         self.history = [dict(h) for h in state["history"]]
 
-
-def _plain_mlp(lsq) -> bool:
-    from ..model.jacobian import is_plain_mlp
-
-    return is_plain_mlp(lsq.model)

@@ -10,14 +10,18 @@ from __future__ import annotations
 __all__ = ["OPTIMIZERS", "NO_LEARNING_RATE", "register", "build", "parse_schedule"]
 
 OPTIMIZERS: dict = {}
-#: Optimizers that take no learning rate (damped Gauss-Newton chooses its own step).
-NO_LEARNING_RATE = frozenset({"lm", "gn"})
+#: Optimizers that take no learning rate (damped Gauss-Newton chooses its own step); filled by
+#: ``register(..., learning_rate=False)``.
+NO_LEARNING_RATE: set = set()
 
 
-def register(name: str):
-    """Decorator: ``@register("name") def builder(trainer): ...``."""
+def register(name: str, learning_rate: bool = True):
+    """Decorator: ``@register("name") def builder(trainer): ...``; ``learning_rate=False`` for
+    an optimizer that chooses its own step length."""
     def deco(fn):
         OPTIMIZERS[name] = fn
+        if not learning_rate:
+            NO_LEARNING_RATE.add(name)
         return fn
     return deco
 
@@ -39,8 +43,8 @@ def _adam(t):
     return make_adam(t.params, t.lrs[t.phase])
 
 
-@register("lm")
-@register("gn")
+@register("lm", learning_rate=False)
+@register("gn", learning_rate=False)
 def _lm(t):
     """Levenberg-Marquardt / damped Gauss-Newton (one class; "gn" is an alias)."""
     from .lm import LevenbergMarquardt

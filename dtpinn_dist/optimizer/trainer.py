@@ -266,7 +266,7 @@ class Trainer:
         self.history: list[dict] = []
         self._last_loss = math.nan
         # the restore point: the parameters with the lowest loss seen, and where they are from
-        self._best_params = self._flat().clone()
+        self._best_params = self._flat()
         self._best = None  # {"step", "evaluation", "loss"} once a loss was seen
         self._evals0 = 0   # evaluations before the step in progress
         self.checkpoint = None if checkpoint is None else ckpt.checkpoint_file(checkpoint)
@@ -306,7 +306,7 @@ class Trainer:
         ``step``: the step these parameters belong to (the step that reached them, or the one
         in progress for a trial point inside it)."""
         if math.isfinite(loss) and (self._best is None or loss < self._best["loss"]):
-            self._best_params = self._flat().clone()
+            self._best_params = self._flat()
             self._best = {"step": step, "evaluation": self.evals, "loss": loss}
 
     def closure(self) -> torch.Tensor:
@@ -418,7 +418,7 @@ class Trainer:
                 self._set_optimizer(self.phase)
                 if self.phase and self.comm.rank == 0 and cfg.verbose:
                     self.log(f"phase {self.phase + 1}: {name} for up to {n_steps} steps")
-            start = self._flat().clone()
+            start = self._flat()
             t0 = time.perf_counter()
             self._evals0 = evals0 = self.evals
             try:
@@ -603,7 +603,7 @@ class Trainer:
             self._best_params = rp["params"].to(self._best_params).clone()
             self._best = copy.deepcopy(rp["where"])
         else:
-            self._best_params, self._best = self._flat().clone(), None
+            self._best_params, self._best = self._flat(), None
 
     def save_checkpoint(self, path=None):
         """Write :meth:`state_dict` to ``path`` (default: the trainer's checkpoint) atomically;
@@ -611,7 +611,9 @@ class Trainer:
         target = ckpt.checkpoint_file(path) if path is not None else self.checkpoint
         if target is None:
             raise ValueError("no checkpoint file: give Trainer(checkpoint=...) or a path")
-        out = ckpt.save(target, self.state_dict(), self.comm, meta=self.checkpoint_meta)
+        # only rank 0 writes: the others need not build (and copy) the state
+        state = self.state_dict() if self.comm.rank == 0 else None
+        out = ckpt.save(target, state, self.comm, meta=self.checkpoint_meta)
         if path is None:
             self.checkpoint_step = self.step_count
         return out

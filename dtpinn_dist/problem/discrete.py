@@ -341,13 +341,20 @@ class Discretization:
                   if bp.rest is not None]
         return pd, bd
 
-    def linearization(self, U: torch.Tensor):
+    def linearization_pair(self, U: torch.Tensor):
+        """``(linearization(U), linearization_transpose(U))`` sharing one evaluation of the
+        pointwise partials at ``U`` (one operator product per field, collective when
+        distributed): what a Gauss-Newton step needs."""
+        parts = self._linearization_parts(U)
+        return self.linearization(U, parts), self.linearization_transpose(U, parts)
+
+    def linearization(self, U: torch.Tensor, _parts=None):
         """``dr/dU`` at the nodal values ``U`` as a function ``X (n, k) -> (rows, k)``: the
         declared structure ``[s (A + sum_j diag(dR/dD_j u) D_j + diag(dR/du) P_rows);
         s_b (B + ...)]``. Steady DT problems only (:attr:`has_structure`). Collective when
         distributed (every operator product is)."""
         d, sc, ops = self.data, self._scales(), self.system.ops
-        pd, bd = self._linearization_parts(U)
+        pd, bd = _parts if _parts is not None else self._linearization_parts(U)
         rows, bnd = d["rows_idx"], d["bnd_idx"]
         nr, nb = len(rows), len(bnd)
 
@@ -368,14 +375,14 @@ class Discretization:
 
         return apply
 
-    def linearization_transpose(self, U: torch.Tensor):
+    def linearization_transpose(self, U: torch.Tensor, _parts=None):
         """``(dr/dU)^T`` at ``U`` as a function ``Y (rows, k) -> (n, k)``: the transpose of
         :meth:`linearization`, term by term (each operator's ``rmatmat``, the same pointwise
         diagonals, the row selections as scatter-adds). With it ``J^T y = Ju^T (A^T y)``
         needs no ``J``. Steady DT problems only; collective when distributed (``rmatmat`` of a
         PETSc operator is a ``MatTransposeMatMult`` with a reverse halo scatter)."""
         d, sc, ops = self.data, self._scales(), self.system.ops
-        pd, bd = self._linearization_parts(U)
+        pd, bd = _parts if _parts is not None else self._linearization_parts(U)
         rows, bnd = d["rows_idx"], d["bnd_idx"]
         nr, nb = len(rows), len(bnd)
         n = len(d["X"])

@@ -89,7 +89,6 @@ class _KSP:
         self.disc, self.rtol = disc, rtol
         comm = disc.comm
         self.pcomm = comm.comm if isinstance(comm, MPIComm) else PETSc.COMM_SELF
-        self.size = comm.size
         self.its = []
         self.name = "petsc-ksp"
 
@@ -148,12 +147,7 @@ def solve_discrete(disc, *, tol: float = 1e-12, max_iter: int = 30, U0=None,
     if not disc.has_structure:
         raise ValueError("the direct solve needs a steady DT discretisation (method 'dt', no "
                          "time dependence)")
-    if disc.comm.size > 1:
-        linear = _KSP(disc, linear_rtol)
-    elif disc.comm.size == 1:
-        linear = _LU(disc)
-    else:  # pragma: no cover - a distributed system always has PETSc operators
-        raise ValueError("the direct solve needs the torch or PETSc backend")
+    linear = _KSP(disc, linear_rtol) if disc.comm.size > 1 else _LU(disc)
     comm = disc.comm
     t0 = time.perf_counter()
     n = len(disc.data["X"])
@@ -186,12 +180,14 @@ def solve_discrete(disc, *, tol: float = 1e-12, max_iter: int = 30, U0=None,
             rn = prev  # no decrease at all: converged to round-off
             break
         U, r = U + step * dU, r_try
-        dmax = max(comm.allgather(float(dU.abs().max()) if dU.numel() else 0.0))
-        umax = max(comm.allgather(float(U.abs().max()) if U.numel() else 0.0))
+        # one collective for both maxima (a rank may own no nodes)
+        dmax, umax = (max(t) for t in zip(*comm.allgather(
+            (float(dU.abs().max()) if dU.numel() else 0.0,
+             float(U.abs().max()) if U.numel() else 0.0))))
         if step == 1.0 and dmax <= tol * max(1.0, umax):
             break
     Un = U.numpy()
     return DirectSolution(U=Un, iterations=it, residual_norm=rn,
                           time_s=time.perf_counter() - t0, rel_l2_nodes=_rel_l2_nodes(disc, Un),
-                          solver=linear.name if hasattr(linear, "name") else "lu",
+                          solver=linear.name,
                           linear_iterations=list(linear.its))
