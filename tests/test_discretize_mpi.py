@@ -11,17 +11,14 @@ pytest.importorskip("mpi4py")
 import dtpinn_dist as dt  # noqa: E402
 from dtpinn_dist.comm import SerialComm  # noqa: E402
 from dtpinn_dist.optimizer.least_squares import PINNLeastSquares  # noqa: E402
+from clouds import tagged_square  # noqa: E402
 from roundoff import C, EPS, loss_bound, residual_scale  # noqa: E402
 
 PDE = "-div((1+x**2)*grad(u)) + 0.5*dx(u) + u**3"
 
 
 def _square():
-    cloud = dt.make_cloud(dt.Rectangle((0, 0), (1, 1)), n=500, seed=4, n_test=300)
-    left = np.abs(cloud.boundary[:, 0]) < 1e-12
-    cloud.boundary_tags = np.where(left, 3, 0).astype(np.int64)
-    cloud.tag_names = {"walls": 0, "left": 3}
-    return cloud
+    return tagged_square(500, 4, n_test=300)
 
 
 @pytest.fixture(scope="module")

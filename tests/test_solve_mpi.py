@@ -8,14 +8,11 @@ pytest.importorskip("mpi4py")
 
 import dtpinn_dist as dt  # noqa: E402
 from dtpinn_dist.comm import SerialComm  # noqa: E402
+from clouds import tagged_square  # noqa: E402
 
 
 def _square():
-    cloud = dt.make_cloud(dt.Rectangle((0, 0), (1, 1)), n=600, seed=2)
-    left = np.abs(cloud.boundary[:, 0]) < 1e-12
-    cloud.boundary_tags = np.where(left, 3, 0).astype(np.int64)
-    cloud.tag_names = {"walls": 0, "left": 3}
-    return cloud
+    return tagged_square(600, 2)
 
 
 @pytest.mark.mpi
