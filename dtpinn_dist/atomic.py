@@ -110,6 +110,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", what: str = "output"
             yield fh  # closed (flushed) here; atomic_path fsyncs the file before the rename
 
 
+def check_out_file(out: str | os.PathLike, suffixes: tuple, overwrite: bool,
+                   flag: str = "--out") -> Path:
+    """Check, before any work, that the output file ``out`` can be written: not a folder, one of
+    ``suffixes`` (``(".npz",)``), not an existing file unless ``overwrite``, in an existing and
+    writable folder. One-line :class:`OutputError` naming ``flag`` otherwise."""
+    out = Path(out)
+    names = " or ".join(suffixes)
+    if out.is_dir():
+        raise OutputError(f"{flag} {out} is a folder; give a file name, e.g. "
+                          f"{out / ('out' + suffixes[0])}")
+    if out.suffix.lower() not in suffixes:
+        raise OutputError(f"{flag} {out}: give a {names} file name")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{flag} {out} already exists; choose another name or pass "
+                          "--overwrite")
+    if not out.parent.is_dir():
+        raise OutputError(f"{flag} {out}: the folder {out.parent} does not exist; create it "
+                          "first")
+    probe_writable(out.parent, f"{flag} folder")
+    return out
+
+
 def probe_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
     """Check that files can be created in ``folder`` (or, when it does not exist yet, that it
     can be created), without leaving anything behind. Returns the folder as a Path.

@@ -14,27 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from .io import load_operators, save_operators
 
 __all__ = ["main", "load_operators", "save_operators"]  # the functions live in .io
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    from ..atomic import OutputError, probe_writable
-
-    if out.is_dir():
-        raise OutputError(f"--out {out} is a folder; give a file name, e.g. {out / 'ops.npz'}")
-    if out.suffix.lower() != ".npz":
-        raise OutputError(f"--out {out}: give a .npz file name")
-    if out.exists() and not overwrite:
-        raise OutputError(f"--out {out} already exists; choose another name or pass "
-                          "--overwrite")
-    if not out.parent.is_dir():
-        raise OutputError(f"--out {out}: the folder {out.parent} does not exist; create it "
-                          "first")
-    probe_writable(out.parent, "--out folder")
 
 
 def main(argv=None) -> int:
@@ -56,12 +39,13 @@ def main(argv=None) -> int:
     if a.domain and a.n is None:
         ap.error("--domain needs --n")
 
+    from ..atomic import check_out_file
     from ..geometry import load_cloud, make_cloud
     from .rbffd import boundary_matrix, laplacian_matrix
 
     t0 = time.perf_counter()
     try:
-        _check_out(Path(a.out), a.overwrite)  # before any work
+        check_out_file(a.out, (".npz",), a.overwrite)  # before any work
         if a.domain:
             cloud = make_cloud(a.domain, n=a.n, seed=a.seed)
         else:

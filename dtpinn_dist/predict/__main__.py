@@ -53,17 +53,12 @@ def _write(path: Path, P: np.ndarray, u: np.ndarray, t, inputs) -> None:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from ..atomic import OutputError, probe_writable
+    from ..atomic import OutputError, check_out_file
     from ..outputs import ModelFileError, PointsError, load_run, read_points
 
     out = Path(a.out)
     try:
-        if out.suffix.lower() not in (".npz", ".csv"):
-            raise OutputError(f"--out {out}: give a .npz or .csv file name")
-        if out.exists() and not a.overwrite:
-            raise OutputError(f"--out {out} already exists; choose another name or pass "
-                              "--overwrite")
-        probe_writable(out.parent if str(out.parent) else Path("."), "--out folder")
+        check_out_file(out, (".npz", ".csv"), a.overwrite)
         t0 = time.perf_counter()
         run = load_run(a.run_dir)
         P = read_points(a.points)
