@@ -81,8 +81,9 @@ def residual_scale(disc, U: torch.Tensor) -> torch.Tensor:
     (e.g. ``|3u^2| |u| >= |u^3|``)."""
     J = disc.linearization_matrix(U)
     d = disc.data
-    sc = disc._scales()
-    fg = torch.cat([d["f_rows"].reshape(-1).abs() / sc["pde"], d["g"].reshape(-1).abs() / sc["bc"]])
+    w = disc.weights
+    fg = torch.cat([(d["f_rows"].abs() * w["pde"]).reshape(-1),
+                    (d["g"].abs() * w["bc"]).reshape(-1)])
     with torch.no_grad():
         r = disc.values_residual(U).abs()
     return torch.from_numpy(abs(J) @ U.abs().numpy()) + r + fg

@@ -51,7 +51,7 @@ def _jac_bound(model, X, wU):
 def test_paper_dt_loss_is_eq12(disk, kind):
     """The declared paper problem's loss and gradient are eq. (12) written out with L, B."""
     prob = dt.paper_problem(kind)
-    disc = dt.discretize(prob, disk, 4)
+    disc = dt.discretize(prob, disk, 4, weighting="count")  # the paper's weights
     model = dt.MLP(2, 20, 3, seed=5)
     loss, grad = _loss_grad(disc, model)
     # eq. (12) by hand: ||L u - [exp(u)] - f||^2 / (Ni + Nb) + ||B u - g||^2 / Nb
@@ -95,7 +95,7 @@ def test_paper_dt_loss_is_eq12(disk, kind):
 def test_paper_heat_dt_loss_is_eq16():
     cloud = dt.make_cloud("disk", n=300, seed=2)
     prob = dt.paper_problem("heat", nt=3)
-    disc = dt.discretize(prob, cloud, 3)
+    disc = dt.discretize(prob, cloud, 3, weighting="count")  # eq. (16)
     model = dt.MLP(3, 12, 2, seed=1)
     loss, _ = _loss_grad(disc, model)
     c = cloud
@@ -134,7 +134,8 @@ def test_paper_heat_dt_loss_is_eq16():
 def test_paper_vanilla_loss_is_eq4(disk, kind):
     """Vanilla: autograd Laplacian at interior nodes, autograd normal derivative (eq. (4)),
     checked against torch.func.hessian per point (an independent route)."""
-    disc = dt.discretize(dt.paper_problem(kind), disk, 4, method="vanilla", dtype="fp64")
+    disc = dt.discretize(dt.paper_problem(kind), disk, 4, method="vanilla", dtype="fp64",
+                         weighting="count")  # eq. (4)
     model = dt.MLP(2, 16, 2, seed=7)
     loss, _ = _loss_grad(disc, model)
     c = disk
@@ -204,13 +205,15 @@ def test_example_dt_residual_and_gradient_against_numpy(disk, name):
         U = model(X).reshape(-1).numpy()
     rp, rb = _numpy_residual(name, disc, U)
     s = disc.system
-    ref = (rp ** 2).sum() / s.n_collocation + (rb ** 2).sum() / s.n_boundary
+    # the loss's row weights (spacing rule): squared per row
+    qp, qb = (np.asarray(disc.weights[k], dtype=np.float64) ** 2 for k in ("pde", "bc"))
+    ref = (qp * rp ** 2).sum() + (qb * rb ** 2).sum()
     ops = {k: abs(v.to_scipy()) for k, v in s.ops.items()}
     mag = sum(o @ np.abs(U) for k, o in ops.items() if k != "B") + np.abs(U[s.row_index]) ** 3 \
         + 25 * np.abs(U[s.row_index]) + np.abs(disc.data["f_rows"].numpy()) + 1
     # the same products summed in other orders: |dr| <= 64 eps * magnitudes
-    bound = 2 * 64 * EPS * ((np.abs(rp) * mag).sum() / s.n_collocation
-                            + (np.abs(rb) * (ops["B"] @ np.abs(U) + 1)).sum() / s.n_boundary)
+    bound = 2 * 64 * EPS * ((qp * np.abs(rp) * mag).sum()
+                            + (qb * np.abs(rb) * (ops["B"] @ np.abs(U) + 1)).sum())
     assert abs(loss - ref) <= bound
     # gradient: 2 Ju^T (dr/dU)^T r, with dr/dU by hand
     Ut = torch.from_numpy(U).requires_grad_(True)
@@ -218,7 +221,7 @@ def test_example_dt_residual_and_gradient_against_numpy(disk, name):
     gU = torch.autograd.grad((r * r).sum(), Ut)[0].numpy()
     rows = s.row_index
     ops_s = {k: v.to_scipy() for k, v in s.ops.items()}
-    wp = 2 * rp / s.n_collocation
+    wp = 2 * qp * rp
     if name == "variable-coefficient":
         gU_ref = ops_s["L"].T @ wp
         np.add.at(gU_ref, rows, 3 * U[rows] ** 2 * wp)
@@ -233,9 +236,9 @@ def test_example_dt_residual_and_gradient_against_numpy(disk, name):
         Dx, Dy = ops_s["D:u_x"], ops_s["D:u_y"]
         q = np.sqrt(1 + (Dx @ U) ** 2 + (Dy @ U) ** 2)
         gU_ref = Dx.T @ ((Dx @ U) / q * wp) + Dy.T @ ((Dy @ U) / q * wp)
-    gU_ref = gU_ref + ops_s["B"].T @ (2 * rb / s.n_boundary)
+    gU_ref = gU_ref + ops_s["B"].T @ (2 * qb * rb)
     big = sum(abs(o).T @ (mag * np.abs(wp)) for k, o in ops_s.items() if k != "B") \
-        + abs(ops_s["B"]).T @ np.abs(2 * rb / s.n_boundary)
+        + abs(ops_s["B"]).T @ np.abs(2 * qb * rb)
     assert np.all(np.abs(gU - gU_ref) <= 64 * EPS * (big + np.abs(gU_ref)) + 1e-300)
     # and the parameters' gradient is Ju^T gU (backward through the same network)
     _, Ju = network_jacobian(model, X)
@@ -298,7 +301,7 @@ def test_heat_like_example_jvp_vjp(disk, spread):
 def test_three_d_ball():
     cloud = dt.make_cloud("ball", n=700, seed=1, n_test=200)
     prob = dt.Problem("lap(u) - u", bc=dt.Robin(1, 1), exact="exp(x)*cos(y)*sin(z) + 1")
-    disc = dt.discretize(prob, cloud, 3)
+    disc = dt.discretize(prob, cloud, 3, weighting="count")  # eq. (16)
     sol = solve_discrete(disc)
     assert sol.rel_l2_nodes < 1e-2
     res = dt.fit(disc, steps=3, eval_every=0, width=10, depth=2, verbose=False)

@@ -33,8 +33,9 @@ def cloud():
 
 
 def _disc(cloud, kind, method="dt", nt=24, **kw):
+    # the paper's losses (eq. (4), (12), (16)): its per-block weights
     return discretize(paper_problem(kind, nt=nt if kind == "heat" else None, **kw), cloud, 4,
-                      method=method, dtype="fp64")
+                      method=method, dtype="fp64", weighting="count")
 
 
 class _Data:

@@ -93,7 +93,8 @@ def mlp_factors(model: nn.Module, x: torch.Tensor):
     lins, act = spec
     f, df = _ACT[act]
     with torch.no_grad():
-        ins, zs, a = [], [], x
+        # the model's own input map (MLP.normalize), so values equal model(x) bit for bit
+        ins, zs, a = [], [], model.normalize(x) if hasattr(model, "normalize") else x
         for k, m in enumerate(lins):
             ins.append(a)
             z = torch.nn.functional.linear(a, m.weight, m.bias)

@@ -43,10 +43,16 @@ class MLP(nn.Module):
         drawn in fp64 and then cast, so fp32 and fp64 nets of one seed start from the same point.
     activation : str
         'tanh' (default) or 'sin'.
+    input_box : (lo, hi), optional
+        Per-input lower and upper bounds (the cloud's bounding box, and the time interval):
+        inputs are mapped affinely to [-1, 1] before the first layer, so the tanh layers see
+        the same range whatever the domain's position and size. Part of the architecture
+        (saved with the model: predict and resume apply the same map). None: raw inputs.
     """
 
     def __init__(self, in_dim: int = 2, width: int = 50, depth: int = 4, out_dim: int = 1,
-                 dtype=torch.float64, seed: int = 0, activation: str = "tanh", device="cpu"):
+                 dtype=torch.float64, seed: int = 0, activation: str = "tanh", device="cpu",
+                 input_box=None):
         super().__init__()
         dtype = parse_dtype(dtype)
         if activation not in ACTIVATIONS:
@@ -66,6 +72,21 @@ class MLP(nn.Module):
                 lin.bias.copy_((torch.rand((b,), generator=gen, dtype=torch.float64) * 2 - 1)
                                * bound)
             self.layers.append(lin)
+        self.input_box = None
+        if input_box is not None:
+            lo, hi = (tuple(float(v) for v in b) for b in input_box)
+            if len(lo) != in_dim or len(hi) != in_dim or not all(
+                    math.isfinite(a) and math.isfinite(b) and b > a for a, b in zip(lo, hi)):
+                raise ValueError(f"input_box must be {in_dim} finite (lo, hi) pairs with "
+                                 f"hi > lo; got {input_box!r}")
+            self.input_box = (list(lo), list(hi))
+            # x -> (x - centre) / half-width, as constants of the model's dtype (not parameters)
+            self.register_buffer("_centre", torch.tensor(
+                [(a + b) / 2 for a, b in zip(lo, hi)], dtype=dtype, device=device),
+                persistent=False)
+            self.register_buffer("_halfwidth", torch.tensor(
+                [(b - a) / 2 for a, b in zip(lo, hi)], dtype=dtype, device=device),
+                persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -75,14 +96,23 @@ class MLP(nn.Module):
     def device(self) -> torch.device:
         return self.layers[0].weight.device
 
+    def normalize(self, X: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: ``X`` mapped by :attr:`input_box` (or ``X`` itself)."""
+        if self.input_box is None:
+            return X
+        return (X - self._centre) / self._halfwidth
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """``X`` of shape (n, in_dim) -> (n, out_dim)."""
-        h = X
+        h = self.normalize(X)
         for lin in self.layers[:-1]:
             h = self._act(lin(h))
         return self.layers[-1](h)
 
     def config(self) -> dict:
-        return {"in_dim": self.in_dim, "width": self.width, "depth": self.depth,
-                "out_dim": self.out_dim, "activation": self.activation,
-                "dtype": str(self.dtype).replace("torch.", "")}
+        out = {"in_dim": self.in_dim, "width": self.width, "depth": self.depth,
+               "out_dim": self.out_dim, "activation": self.activation,
+               "dtype": str(self.dtype).replace("torch.", "")}
+        if self.input_box is not None:
+            out["input_box"] = [list(self.input_box[0]), list(self.input_box[1])]
+        return out

@@ -55,6 +55,14 @@ class FitResult:
     def loss(self):
         return self.result.final_loss
 
+    def error_split(self, solution=None) -> dict:
+        """Which residual block (the PDE, each boundary part) limits the network's error,
+        against the direct solve of the same system (:func:`~dtpinn_dist.problem.diagnostics.
+        error_split`; steady DT problems; one sparse factorisation). Collective."""
+        from ..problem.diagnostics import error_split
+
+        return error_split(self.disc, self.model, solution)
+
     def predict(self, points, t=None) -> np.ndarray:
         """The trained network at ``points`` (n, d) (at time ``t`` when time-dependent), as a
         float64 numpy array. Local: no communication."""

@@ -240,7 +240,8 @@ class Trainer:
         dtype = disc.dtype
         if model is None:
             model = MLP(disc.input_dim, cfg.width, cfg.depth, dtype=dtype, seed=cfg.seed,
-                        activation=cfg.activation, device=disc.device)
+                        activation=cfg.activation, device=disc.device,
+                        input_box=disc.input_box)
         pdt = next(model.parameters()).dtype
         if pdt != dtype:
             raise ValueError(f"the network is {pdt} but the discretisation is {dtype}; "

@@ -111,8 +111,13 @@ def load_model(folder) -> tuple[torch.nn.Module, dict]:
         msg = one_line(exc)
         raise ModelFileError(f"cannot read {pt} ({msg}); the file is damaged or truncated, "
                              "or not a weights-only state_dict") from None
-    model = MLP(arch["in_dim"], arch["width"], arch["depth"], arch["out_dim"],
-                dtype=arch["dtype"], activation=arch["activation"])
+    try:
+        model = MLP(arch["in_dim"], arch["width"], arch["depth"], arch["out_dim"],
+                    dtype=arch["dtype"], activation=arch["activation"],
+                    input_box=arch.get("input_box"))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{js}: {one_line(exc)}; the file is damaged or not from this "
+                             "library") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in
                                               state.values()):
         raise ModelFileError(f"{pt} does not hold a state_dict of tensors")

@@ -69,8 +69,10 @@ class Discretization:
     comm, dtype, device, dim, times
     """
 
-    def __init__(self, problem, analysis, system, method, pde, bparts, data, order, info):
+    def __init__(self, problem, analysis, system, method, pde, bparts, data, order, info,
+                 weights):
         self.problem, self.analysis, self.system = problem, analysis, system
+        self.weights = weights
         self.method = method
         self.pde, self.bparts = pde, bparts
         self.data = data
@@ -86,19 +88,21 @@ class Discretization:
 
     # ------------------------------------------------------------------ sizes
     @property
+    def input_box(self):
+        """``(lo, hi)`` of the network's inputs: the cloud's bounding box (and the time
+        interval), for the network's input map (:class:`~dtpinn_dist.model.mlp.MLP`)."""
+        return tuple(self.info["input_box"])
+
+    @property
     def input_dim(self) -> int:
         """Inputs of the network: the coordinates, and time for time-dependent problems."""
         return self.dim + (1 if self.time_dependent else 0)
 
     def _scales(self):
-        s = self.system
-        m = self.m
-        if self.method == "dt":
-            pde = math.sqrt(m * s.n_collocation)
-        else:
-            pde = math.sqrt(m * s.n_interior)
-        return {"ic": math.sqrt(s.n_collocation), "pde": pde,
-                "bc": math.sqrt(m * s.n_boundary) if s.n_boundary else 1.0}
+        """The row weights of each block (see :mod:`~dtpinn_dist.problem.weights`): ``pde``
+        (per collocation row, DT; per interior point, vanilla), ``bc`` (per boundary row) and
+        ``ic``; tensors broadcast over the time slices."""
+        return self.weights
 
     @property
     def network_points(self) -> int:
@@ -218,7 +222,7 @@ class Discretization:
             V = self.network_values(model)
             U, Ut = V if self.time_dependent else (V, None)
             if self.time_dependent:
-                parts["ic"] = (U[d["rows_idx"], 0] - d["u0"]) / sc["ic"]
+                parts["ic"] = (U[d["rows_idx"], 0] - d["u0"]) * sc["ic"]
             pde = self._dt_pde(U, Ut) - d["f_rows"]
             bc = self._dt_bc(U)
         else:
@@ -226,11 +230,11 @@ class Discretization:
                 Xr = d["X"][d["rows_idx"]]
                 inp0 = torch.cat([Xr, torch.full((Xr.shape[0], 1), float(self.times[0]),
                                                  dtype=Xr.dtype, device=Xr.device)], 1)
-                parts["ic"] = (model(inp0).reshape(-1) - d["u0"]) / sc["ic"]
+                parts["ic"] = (model(inp0).reshape(-1) - d["u0"]) * sc["ic"]
             pde = self._vanilla_pde(model) - d["f_inner"]
             bc = self._vanilla_bc(model)
-        parts["pde"] = pde.reshape(-1) / sc["pde"]
-        parts["bc"] = (bc - d["g"]).reshape(-1) / sc["bc"]
+        parts["pde"] = (pde * sc["pde"]).reshape(-1)
+        parts["bc"] = ((bc - d["g"]) * sc["bc"]).reshape(-1)
         return parts
 
     def residual(self, model) -> torch.Tensor:
@@ -318,8 +322,8 @@ class Discretization:
     def values_residual(self, U: torch.Tensor) -> torch.Tensor:
         """The scaled residual ``[pde; bc]`` as a function of the nodal values ``U`` (n,)."""
         d, sc = self.data, self._scales()
-        pde = (self._dt_pde(U, None) - d["f_rows"]) / sc["pde"]
-        bc = (self._dt_bc(U) - d["g"]) / sc["bc"]
+        pde = (self._dt_pde(U, None) - d["f_rows"]) * sc["pde"]
+        bc = (self._dt_bc(U) - d["g"]) * sc["bc"]
         return torch.cat([pde.reshape(-1), bc.reshape(-1)])
 
     def _partial_values(self, part, U, where, rows=None):
@@ -371,7 +375,7 @@ class Discretization:
                     DX = X[bnd] if name == "u" else ops[bp.fields[name]].matmat(X)
                     bot = bot.index_add(0, bp.rows, _col(c) * DX[bp.rows]) \
                         if bp.rows.numel() != nb else bot + _col(c) * DX
-            return torch.cat([top / sc["pde"], bot / sc["bc"]], 0)
+            return torch.cat([top * _col(sc["pde"]), bot * _col(sc["bc"])], 0)
 
         return apply
 
@@ -389,7 +393,7 @@ class Discretization:
 
         def apply_t(Y):
             k = Y.shape[1]
-            top, bot = Y[:nr] / sc["pde"], Y[nr:nr + nb] / sc["bc"]
+            top, bot = Y[:nr] * _col(sc["pde"]), Y[nr:nr + nb] * _col(sc["bc"])
             out = ops[self.pde.op].rmatmat(top) if self.pde.op is not None else \
                 Y.new_zeros((n, k))
             for name, c in pd.items():
@@ -466,7 +470,8 @@ class Discretization:
                     w = np.zeros(nb)
                     w[r] = num(c, len(r))
                     bot = bot + sp.diags(w) @ D
-        return sp.vstack([top / sc["pde"], bot / sc["bc"]]).tocsr()
+        return sp.vstack([sp.diags(num(sc["pde"], nr)) @ top,
+                          sp.diags(num(sc["bc"], nb)) @ bot]).tocsr()
 
     def describe(self) -> dict:
         """What was discretised (for outputs)."""

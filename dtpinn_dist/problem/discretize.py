@@ -26,6 +26,7 @@ from .compile import compile_expr
 from .discrete import BoundaryPart, Discretization, PDEPart
 from .forms import AXES, term_key
 from .problem import DEFAULT_PART
+from .weights import WEIGHTINGS, row_weights
 
 __all__ = ["discretize", "METHODS", "BACKENDS"]
 
@@ -142,7 +143,8 @@ def _checked_cloud(cloud, comm):
 
 def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
                backend: str | None = None, dtype=None, device=None, partitioner: str = "auto",
-               partition=None, n_test: int | None = None) -> Discretization:
+               partition=None, n_test: int | None = None,
+               weighting: str = "length") -> Discretization:
     """Turn a declared problem and a point cloud into this rank's :class:`Discretization`.
 
     Parameters
@@ -170,6 +172,11 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
         A given split of the nodes over the ranks instead (PETSc backend).
     n_test : int, optional
         Use only the first ``n_test`` of ``cloud.test``.
+    weighting : {"length", "count"}
+        Row weights of the loss (:mod:`~dtpinn_dist.problem.weights`): each row times the
+        domain's length scale to the power of its derivative order (default: Dirichlet rows
+        weigh as much as the errors they cause), or the paper's per-block ``1/sqrt(rows)``
+        alone (eq. (12)).
 
     Returns
     -------
@@ -179,6 +186,8 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
     comm = as_comm(comm)
     backend = backend or ("petsc" if comm.size > 1 else "torch")
     if backend not in BACKENDS:
@@ -392,8 +401,14 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             rest=None if form.is_linear else compile_expr(form.rest, names_b), fields=fields,
             partials={k: compile_expr(v, names_b) for k, v in form.rest_partials().items()},
             linear=form.linear))
+    weights = _weights(weighting, cloud, system, method, an, local_groups, ten,
+                       len(problem.times), time_dep)
     label = {t: n for n, t in names.items()}
-    info = {"backend": backend, "dtype": "fp64" if dtype == torch.float64 else "fp32",
+    nodes = np.vstack([cloud.interior, cloud.boundary])  # the global cloud: same on every rank
+    box = (list(nodes.min(0)) + ([float(T[0])] if time_dep else []),
+           list(nodes.max(0)) + ([float(T[-1])] if time_dep else []))
+    info = {"weighting": weighting, "input_box": [[float(v) for v in b] for b in box],
+            "backend": backend, "dtype": "fp64" if dtype == torch.float64 else "fp32",
             "device": str(device), "ranks": comm.size, "order": int(order),
             "operators": {k: getattr(v, "nnz", None) for k, v in system.ops.items()},
             "n_interior": cloud.n_interior, "n_boundary": cloud.n_boundary,
@@ -402,7 +417,21 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             "cloud_hash": cloud_hash(cloud),
             "setup_time_s": time.perf_counter() - t0}
     return Discretization(problem, an, system, method, pde_part, bparts, data, int(order),
-                          info)
+                          info, weights)
+
+
+def _weights(rule, cloud, system, method, an, local_groups, ten, slices, column) -> dict:
+    """The loss's row weights for this rank's rows (:mod:`.weights`): floats for the PDE and
+    initial-value blocks, a tensor for the boundary rows (a column when time-dependent)."""
+    bnd_orders = np.zeros(len(system.boundary_index), dtype=np.int64)
+    for key, pos in local_groups.items():
+        bnd_orders[pos] = an.bcs[key][1].theta
+    w = row_weights(rule, cloud, pde_order=an.pde.theta,
+                    pde_count=system.n_collocation if method == "dt" else system.n_interior,
+                    bnd_orders=bnd_orders, bnd_count=system.n_boundary,
+                    ic_count=system.n_collocation, slices=slices)
+    w["bc"] = ten(w["bc"][:, None] if column else w["bc"])
+    return w
 
 
 def cloud_hash(cloud) -> str:

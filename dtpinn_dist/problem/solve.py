@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["solve_discrete", "DirectSolution"]
+__all__ = ["solve_discrete", "DirectSolution", "linear_solver"]
 
 
 @dataclass
@@ -58,6 +58,13 @@ def _rel_l2_nodes(disc, U):
     return math.sqrt(s[0] / s[1]) if s[1] > 0 else math.sqrt(s[0])
 
 
+def linear_solver(disc):
+    """The linear solver of ``J(U) x = r`` the direct solve uses on ``disc``: scipy's sparse LU
+    on one process, PETSc KSP on a distributed system. ``solver.solve(U, r)``; the LU factor of
+    the last ``U`` is kept for the next solve at the same ``U``."""
+    return _KSP(disc, 1e-13) if disc.comm.size > 1 else _LU(disc)
+
+
 class _LU:
     """scipy's sparse LU of the serial linearisation."""
 
@@ -66,17 +73,21 @@ class _LU:
     def __init__(self, disc):
         self.disc = disc
         self.its = []
+        self._at = self._lu = None
 
     def solve(self, U, r):
         import scipy.sparse.linalg as spla
 
-        J = self.disc.linearization_matrix(U, global_columns=True)  # one rank: all columns
-        if J is None or J.shape[0] != J.shape[1]:
-            raise ValueError(f"the discrete system is not square "
-                             f"({None if J is None else J.shape}); the direct solve needs one "
-                             "ghost node per boundary node")
+        key = np.asarray(U, dtype=np.float64).tobytes()
+        if key != self._at:
+            J = self.disc.linearization_matrix(U, global_columns=True)  # one rank: all columns
+            if J is None or J.shape[0] != J.shape[1]:
+                raise ValueError(f"the discrete system is not square "
+                                 f"({None if J is None else J.shape}); the direct solve needs "
+                                 "one ghost node per boundary node")
+            self._at, self._lu = key, spla.splu(J.tocsc())
         self.its.append(1)
-        return spla.splu(J.tocsc()).solve(r)
+        return self._lu.solve(r)
 
 
 class _KSP:

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                                              "morton", "block"], default="auto",
                    help="petsc backend: how nodes are split across ranks (auto: PT-Scotch or "
                         "ParMETIS through PETSc when available, else a Hilbert curve)")
+    d.add_argument("--weighting", choices=["length", "count"], default="length",
+                   help="row weights of the loss: length (default; each row times the domain's "
+                        "length scale to the power of its derivative order, so Dirichlet rows "
+                        "weigh what their errors cost) or count (the paper's eq. (12): "
+                        "1/sqrt(rows) per block)")
     d.add_argument("--device", default=None, help="torch device (default cpu; cuda for cupy)")
     o = p.add_argument_group("training")
     o.add_argument("--optimizer", choices=["lbfgs", "adam", "lm", "gn"], default="lbfgs",
@@ -395,7 +400,7 @@ def run(args, log=None) -> dict:
         disc = discretize(problem, cloud, args.order,
                           method="dt" if args.method == "solve" else args.method, comm=comm,
                           backend=args.backend, dtype=args.dtype, device=args.device,
-                          partitioner=args.partitioner)
+                          partitioner=args.partitioner, weighting=args.weighting)
     except ValueError as exc:  # ExpressionError included: bad data, parts, cloud
         raise UserError(_flagged(exc)) from None
     info = disc.info
@@ -431,6 +436,7 @@ def run(args, log=None) -> dict:
         result = trainer.train()
         if hasattr(log, "close_bar"):
             log.close_bar()  # the lines after training print plainly
+        settings["error_split"] = _error_split(disc, trainer.model, log)  # collective
         paths = {}
         if comm.rank == 0:
             paths = _write_results(rundir, settings, result, trainer, disc, cloud, comm, log)
@@ -557,6 +563,28 @@ def _progress_on_evaluate(trainer, log) -> None:
         return rec
 
     trainer.evaluate = recorded
+
+
+#: above this many nodes the end-of-run error split (one sparse factorisation) is skipped
+ERROR_SPLIT_MAX_NODES = 100_000
+
+
+def _error_split(disc, model, log):
+    """The error split of the trained network (which block limits it) when the direct solve is
+    affordable; None otherwise, or the reason it could not be computed. Collective."""
+    from ..problem.diagnostics import error_split
+
+    if not disc.has_structure or disc.info["n_nodes"] > ERROR_SPLIT_MAX_NODES:
+        return None
+    try:
+        split = error_split(disc, model)
+    except ValueError as exc:  # a singular or unconverged linear solve: say so, keep the run
+        return {"skipped": str(exc)}
+    floor = split["direct_rel_l2_nodes"]
+    log("error split at the nodes against the direct solve (relative L2; the largest block "
+        "limits the network): " + ", ".join(f"{k} {v:.2e}" for k, v in split["blocks"].items())
+        + ("" if floor is None else f"; the direct solve's own error {floor:.2e}"))
+    return split
 
 
 def _write_results(rundir, settings, result, trainer, disc, cloud, comm, log) -> dict:

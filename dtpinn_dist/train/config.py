@@ -19,7 +19,7 @@ Tables and keys (each key maps to the flag of the same meaning):
   ``vertices`` and optional ``names``; ``"annulus"`` with ``r_inner``, ``r_outer``, ``center``;
   ...). Relative file paths are relative to the config file's folder.
 * ``[discretization]``: ``method``, ``dtype``, ``order``, ``backend``, ``partitioner``,
-  ``device``.
+  ``weighting``, ``device``.
 * ``[network]``: ``width``, ``depth``, ``activation`` (``"tanh"``, ``"sin"``).
 * ``[training]``: ``optimizer``, ``schedule``, ``steps``, ``lr``, ``line_search``,
   ``history_size``, ``max_iter``, ``tolerance_grad``, ``tolerance_change``, ``tol``,
@@ -59,7 +59,8 @@ SCHEMA = {
               "domain": "domain", "test_points": "test_points", "test_nodes": "test_nodes",
               "test_index": "test_index"},
     "discretization": {"method": "method", "dtype": "dtype", "order": "order",
-                       "backend": "backend", "partitioner": "partitioner", "device": "device"},
+                       "backend": "backend", "partitioner": "partitioner",
+                       "weighting": "weighting", "device": "device"},
     "network": {"width": "width", "depth": "depth", "activation": "activation"},
     "training": {"optimizer": "optimizer", "schedule": "schedule", "steps": "steps",
                  "lr": "lr", "line_search": "line_search", "history_size": "history_size",
