@@ -31,8 +31,10 @@ def _disc(cloud, kind="poisson", order=4, dtype=torch.float64, seed=2):
     key = (kind, order, dtype, seed)
     if key not in _discs:
         c = cloud if seed == 2 else make_cloud("disk", n=180, seed=seed)
+        # the paper's problem and loss (its per-block weights): the cases' learning rates
+        # (the paper's fixed-rate L-BFGS among them) are set for that scale
         _discs[key] = discretize(paper_problem(kind), c, order, dtype=dtype,
-                                 partitioner="hilbert")
+                                 partitioner="hilbert", weighting="count")
     return _discs[key]
 
 

@@ -30,6 +30,11 @@ def test_cli_smoke_and_refuses_overwrite(tmp_path):
     assert doc["settings"]["dtype"] == "fp64" and doc["settings"]["backend"] == "torch"
     assert doc["best_rel_l2"] < doc["history"][0]["rel_l2"]
     assert "step" in p.stdout
+    # which block limits the network: every block of the split, the largest named
+    split = doc["error_split"]
+    assert set(split["blocks"]) == {"pde", "*"}
+    assert split["limiting"] == max(split["blocks"], key=split["blocks"].get)
+    assert "error split" in p.stdout and doc["settings"]["weighting"] == "length"
     before = (out / "metrics.json").read_bytes()
     p2 = _run(*args)
     assert p2.returncode != 0 and "already exists" in p2.stderr

@@ -332,9 +332,10 @@ class PINNLeastSquares(LeastSquaresProblem):
 
     def _factor_linearization(self, theta, m, u, factors) -> Linearization:
         disc = self.disc
-        r = disc.values_residual(u).detach()
+        # exact Dirichlet conditions: the solution's nodal values are G + phi u (problem.lift)
+        r = disc.values_residual(disc.lifted(u)).detach()
         self._n_rows = r.numel()
-        A, AT = disc.linearization_pair(u)
+        A, AT = disc.network_linearization_pair(u)
 
         def jvp(v):
             return A(mlp_jvp(m, factors, v)[:, None])[:, 0]
@@ -376,8 +377,8 @@ class PINNLeastSquares(LeastSquaresProblem):
             lin = self._factor_linearization(theta, *mlp)
             return lin.r, lin.jacobian()
         u, Ju = network_jacobian(_model_at(self.model, theta), self._x)
-        r = self.disc.values_residual(u).detach()
-        J = self.disc.linearization(u)(Ju)
+        r = self.disc.values_residual(self.disc.lifted(u)).detach()
+        J = self.disc.network_linearization_pair(u)[0](Ju)
         self._n_rows = r.numel()
         return r, J
 
@@ -387,12 +388,12 @@ class PINNLeastSquares(LeastSquaresProblem):
             return None
         with torch.no_grad():
             u = _model_at(self.model, theta)(self._x).reshape(-1)
-        return self.disc.linearization_matrix(u)
+        return self.disc.network_linearization_matrix(u)
 
     def _gram(self, u, factors):
         """``A_tilde (Ju Ju^T) A_tilde^T`` with the tangent kernel
         (:func:`~dtpinn_dist.model.jacobian.mlp_ntk`), or None without a scipy operator form."""
-        At = self.disc.linearization_matrix(u)
+        At = self.disc.network_linearization_matrix(u)
         if At is None:
             return None
         K = mlp_ntk(factors).cpu().numpy()

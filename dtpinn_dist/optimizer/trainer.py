@@ -161,7 +161,8 @@ class TrainResult:
     from (``{"step", "evaluation", "loss"}``: the loss evaluation with the lowest loss seen, the
     step it belongs to); None otherwise. ``interrupted``: the stop signal's name ("SIGINT") when
     one ended the run. ``checkpoint``/``checkpoint_step``: the last checkpoint written (or
-    resumed from) and its step.
+    resumed from) and its step. ``error_split``: which residual block limits the network's
+    error (:func:`~dtpinn_dist.problem.diagnostics.error_split`), when the run computed it.
     """
 
     history: list = field(default_factory=list)
@@ -179,6 +180,7 @@ class TrainResult:
     interrupted: str | None = None
     checkpoint: str | None = None
     checkpoint_step: int | None = None
+    error_split: dict | None = None
 
     def summary(self) -> dict:
         d = asdict(self)

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import atomic_write
@@ -21,6 +22,8 @@ __all__ = ["MODEL_FORMAT", "save_model", "load_model", "model_description", "Mod
 
 #: Version tag of model.json (bumped when its meaning changes).
 MODEL_FORMAT = "dtpinn-model/1"
+#: Beside model.pt when the run imposed Dirichlet conditions exactly (problem.lift)
+LIFT_FILE = "lift.npz"
 
 
 class ModelFileError(ValueError):
@@ -53,9 +56,37 @@ def save_model(folder, model, disc=None) -> tuple[Path, Path]:
     pt, js = folder / "model.pt", folder / "model.json"
     with atomic_write(pt, "wb", what="model") as fh:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, fh)
+    lift = getattr(disc, "lift", None)
+    if lift is not None:  # exact Dirichlet conditions: G and phi at the nodes, for predict
+        doc["lift"] = {"file": LIFT_FILE, "order": int(lift.order), "n": int(len(lift.G))}
+        with atomic_write(folder / LIFT_FILE, "wb", what="exact-condition lifting") as fh:
+            np.savez(fh, nodes=lift.nodes, G=lift.G, phi=lift.phi)
     with atomic_write(js, "w", what="model description") as fh:
         json.dump(doc, fh, indent=1)
     return pt, js
+
+
+def _load_lift(folder: Path, spec, js):
+    """The :class:`~dtpinn_dist.problem.lift.Lift` a model.json names (exact Dirichlet
+    conditions), checked: plain arrays, matching shapes, finite values."""
+    from ..geometry.io import read_npz
+    from ..problem.lift import Lift
+
+    if not isinstance(spec, dict) or spec.get("file") != LIFT_FILE or not isinstance(
+            spec.get("order"), int) or isinstance(spec.get("order"), bool):
+        raise ModelFileError(f"{js}: 'lift' is not a valid table; rewrite the run")
+    try:
+        _, a = read_npz(folder / LIFT_FILE, "rewrite the run", what="exact-condition lifting")
+    except ValueError as exc:
+        raise ModelFileError(one_line(exc)) from None
+    nodes, G, phi = (a.get(k) for k in ("nodes", "G", "phi"))
+    ok = all(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in (nodes, G, phi)) \
+        and nodes.ndim == 2 and G.shape == phi.shape == (len(nodes),) \
+        and all(bool(np.isfinite(v).all()) for v in (nodes, G, phi))
+    if not ok:
+        raise ModelFileError(f"{folder / LIFT_FILE} does not hold finite float64 nodes, G and "
+                             "phi of matching sizes; the file is damaged")
+    return Lift(nodes=nodes, G=G, phi=phi, order=spec["order"])
 
 
 def _regular(path: Path, what: str) -> Path:
@@ -129,4 +160,7 @@ def load_model(folder) -> tuple[torch.nn.Module, dict]:
     if not all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters()):
         raise ModelFileError(f"{pt} holds non-finite weights")
     model.eval()
+    if "lift" in doc:
+        from ..problem.lift import LiftedNetwork
+        model = LiftedNetwork(model, _load_lift(folder, doc["lift"], js))
     return model, doc

@@ -45,9 +45,12 @@ def write_outputs(folder, model, disc, points, history, log=None, created=None) 
     folder = Path(folder)
     note = created or (lambda p: None)
     out = {}
-    for name in ("model.pt", "model.json", "solution.npz"):
+    lifted = getattr(disc, "lift", None) is not None
+    for name in ("model.pt", "model.json", "solution.npz") + (("lift.npz",) if lifted else ()):
         note(folder / name)
     out["model.pt"], out["model.json"] = save_model(folder, model, disc)
+    if lifted:
+        out["lift.npz"] = folder / "lift.npz"
     fields = solution_fields(model, disc, points)
     out["solution.npz"] = write_solution_npz(folder / "solution.npz", fields)
     missing = []

@@ -32,25 +32,38 @@ class Condition:
         The data side; None: from the exact solution.
     kind : str
         A label for outputs ("dirichlet", "neumann", "robin", "general").
+    exact : bool
+        Dirichlet only: impose ``u = g`` exactly by the network's form (:mod:`.lift`) instead of
+        a residual row.
     """
 
     expr: str
     g: object = None
     kind: str = "general"
+    exact: bool = False
 
     def __post_init__(self):
         _text(self.expr, "a condition's expression")
         if self.g is not None:
             _text(self.g, "g")
+        if not isinstance(self.exact, bool):
+            raise TypeError(f"exact must be True or False, got {self.exact!r}")
+        if self.exact and self.kind != "dirichlet":
+            raise ValueError("only a Dirichlet condition can be imposed exactly "
+                             "(dt.Dirichlet(g, exact=True))")
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "expr": self.expr,
-                "g": None if self.g is None else str(self.g)}
+        out = {"kind": self.kind, "expr": self.expr, "g": None if self.g is None else str(self.g)}
+        if self.exact:
+            out["exact"] = True
+        return out
 
 
-def Dirichlet(g=None) -> Condition:
-    """``u = g``."""
-    return Condition("u", g, "dirichlet")
+def Dirichlet(g=None, exact: bool = False) -> Condition:
+    """``u = g``; with ``exact=True`` imposed by the network's form ``u = G + phi N`` (``G = g``
+    and ``phi = 0`` on the part; DT-PINNs, steady problems: :mod:`.lift`) instead of by the
+    loss."""
+    return Condition("u", g, "dirichlet", exact)
 
 
 def Neumann(g=None) -> Condition:

@@ -70,9 +70,16 @@ class Discretization:
     """
 
     def __init__(self, problem, analysis, system, method, pde, bparts, data, order, info,
-                 weights):
+                 weights, lift=None):
         self.problem, self.analysis, self.system = problem, analysis, system
         self.weights = weights
+        #: exact Dirichlet conditions (:mod:`.lift`): u = G + phi N; None without
+        self.lift = lift
+        self._G = self._phi = None
+        if lift is not None:
+            G, phi = lift.local(system.nodes)
+            self._G = torch.as_tensor(G, dtype=system.dtype, device=system.device)
+            self._phi = torch.as_tensor(phi, dtype=system.dtype, device=system.device)
         self.method = method
         self.pde, self.bparts = pde, bparts
         self.data = data
@@ -127,12 +134,36 @@ class Discretization:
         is time slice k; ``Ut`` by autograd)."""
         X = self.data["X"]
         if not self.time_dependent:
-            return model(X).reshape(-1)
+            return self.lifted(model(X).reshape(-1))
         inp, tcol = self._space_time(X)
         u = model(inp).reshape(-1)
         # each output depends only on its own input row: d(sum u)/dt is du/dt per point
         (ut,) = torch.autograd.grad(u.sum(), tcol, create_graph=True)
         return u.reshape(self.m, -1).T.contiguous(), ut.reshape(self.m, -1).T
+
+    # ------------------------------------------------------------------ exact conditions
+    def lifted(self, u: torch.Tensor) -> torch.Tensor:
+        """Nodal values of the solution from the network's nodal values: ``u`` itself, or
+        ``G + phi u`` with exact Dirichlet conditions (:mod:`.lift`)."""
+        return u if self.lift is None else self._G + self._phi * u
+
+    def network_linearization_pair(self, u: torch.Tensor):
+        """:meth:`linearization_pair` as functions of the NETWORK's nodal values ``u``: at
+        ``lifted(u)``, composed with ``diag(phi)`` when conditions are exact."""
+        A, AT = self.linearization_pair(self.lifted(u))
+        if self.lift is None:
+            return A, AT
+        phi = self._phi[:, None]
+        return (lambda X: A(phi * X)), (lambda Y: phi * AT(Y))
+
+    def network_linearization_matrix(self, u: torch.Tensor):
+        """:meth:`linearization_matrix` at ``lifted(u)`` times ``diag(phi)`` (see
+        :meth:`network_linearization_pair`)."""
+        J = self.linearization_matrix(self.lifted(u))
+        if J is None or self.lift is None:
+            return J
+        import scipy.sparse as sp
+        return (J @ sp.diags(self._phi.detach().cpu().numpy())).tocsr()
 
     # ------------------------------------------------------------------ the DT residual
     def _env(self, where: str, idx=None) -> dict:
@@ -263,7 +294,12 @@ class Discretization:
             Xt = torch.cat([Xt, torch.full((Xt.shape[0], 1), float(t), dtype=Xt.dtype,
                                            device=Xt.device)], 1)
         with torch.no_grad():
-            return model(Xt).reshape(-1)
+            out = model(Xt).reshape(-1)
+        if self.lift is not None:
+            G, phi = self.lift.at(np.asarray(X, dtype=np.float64))
+            out = torch.as_tensor(G, dtype=out.dtype, device=out.device) + torch.as_tensor(
+                phi, dtype=out.dtype, device=out.device) * out
+        return out
 
     def _exact_values(self):
         """Exact values at this rank's test points for every time slice (computed once)."""
@@ -295,7 +331,13 @@ class Discretization:
             if self.time_dependent:
                 U = model(self._space_time(X)[0]).reshape(self.m, -1).T.contiguous()
             else:
-                U = model(X).reshape(-1)
+                U = self.lifted(model(X).reshape(-1))
+        if self.lift is not None:  # G and phi have nodal values only: no autograd residual
+            with torch.no_grad():
+                disc = self._dt_pde(U, None) - d["f_rows"]
+            s = self.comm.sum(torch.stack([(disc ** 2).sum()]).to(torch.float64))
+            cnt = self.system.n_collocation * self.m
+            return {"discrete_pde_res": float(torch.sqrt(s[0] / cnt)), "autograd_pde_res": None}
         # the time derivative (autograd in both) and the pointwise terms agree; only the
         # spatial derivatives differ
         auto = self._vanilla_pde(model, "rows", create_graph=False).detach()

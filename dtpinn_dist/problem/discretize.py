@@ -26,6 +26,7 @@ from .compile import compile_expr
 from .discrete import BoundaryPart, Discretization, PDEPart
 from .forms import AXES, term_key
 from .problem import DEFAULT_PART
+from .lift import build_lift, exact_parts
 from .weights import WEIGHTINGS, row_weights
 
 __all__ = ["discretize", "METHODS", "BACKENDS"]
@@ -202,6 +203,12 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     tags, names = _cloud_parts(cloud)
     by_tag = _match_parts(an.bcs, tags, names)
     dim, time_dep = cloud.dim, problem.time_dependent
+    exact = exact_parts(an)
+    if exact and (method != "dt" or time_dep):
+        raise ValueError(f"exact Dirichlet conditions (part {exact[0]!r}) are built for steady "
+                         "DT-PINNs; use dt.Dirichlet() without exact=True (the weighted form) "
+                         + ("for a time-dependent problem" if time_dep else
+                            f"with method {method!r}"))
     from ..resources import check_memory
     # f, g, u0 and the coordinates at every row and time slice (a few arrays each), checked
     # before anything of that size is built
@@ -403,6 +410,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             linear=form.linear))
     weights = _weights(weighting, cloud, system, method, an, local_groups, ten,
                        len(problem.times), time_dep)
+    lift = build_lift(an, cloud, order, by_tag) if exact else None
     label = {t: n for n, t in names.items()}
     nodes = np.vstack([cloud.interior, cloud.boundary])  # the global cloud: same on every rank
     box = (list(nodes.min(0)) + ([float(T[0])] if time_dep else []),
@@ -417,7 +425,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             "cloud_hash": cloud_hash(cloud),
             "setup_time_s": time.perf_counter() - t0}
     return Discretization(problem, an, system, method, pde_part, bparts, data, int(order),
-                          info, weights)
+                          info, weights, lift)
 
 
 def _weights(rule, cloud, system, method, an, local_groups, ten, slices, column) -> dict:

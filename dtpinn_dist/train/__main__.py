@@ -84,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--g", default=None, help="boundary data g, may use nx, ny (default from "
                    "--exact)")
     g.add_argument("--u0", default=None, help="initial value (time-dependent problems)")
-    g.add_argument("--bc", choices=["robin", "dirichlet", "neumann"], default="robin",
-                   help="condition on every boundary part: dn(u) + u, u, or dn(u) = g")
+    g.add_argument("--bc", choices=["robin", "dirichlet", "dirichlet-exact", "neumann"],
+                   default="robin",
+                   help="condition on every boundary part: dn(u) + u, u, or dn(u) = g; "
+                        "dirichlet-exact: u = g imposed by the network's form u = G + phi N "
+                        "(DT, steady; best on smooth domains, see docs/loss.md)")
     g.add_argument("--time", nargs=2, type=float, default=None, metavar=("T0", "T1"),
                    help="time interval of a time-dependent PDE (heat: 0 1)")
     g.add_argument("--nt", type=int, default=None, help="time steps Nt (Nt+1 slices; heat: 24)")
@@ -436,7 +439,7 @@ def run(args, log=None) -> dict:
         result = trainer.train()
         if hasattr(log, "close_bar"):
             log.close_bar()  # the lines after training print plainly
-        settings["error_split"] = _error_split(disc, trainer.model, log)  # collective
+        result.error_split = _error_split(disc, trainer.model, log)  # collective
         paths = {}
         if comm.rank == 0:
             paths = _write_results(rundir, settings, result, trainer, disc, cloud, comm, log)

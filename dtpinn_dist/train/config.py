@@ -79,7 +79,7 @@ EXTRA_DESTS = {"params": None, "nodes_n": None, "test_nodes": None, "test_index"
                "config_path": None}
 
 #: Condition type -> allowed keys besides ``type``.
-CONDITION_KEYS = {"dirichlet": ("g",), "neumann": ("g",), "robin": ("alpha", "beta", "g"),
+CONDITION_KEYS = {"dirichlet": ("g", "exact"), "neumann": ("g",), "robin": ("alpha", "beta", "g"),
                   "general": ("expr", "g")}
 
 #: Settings whose TOML type is not the flag's: dest -> (kind, description).
@@ -191,6 +191,10 @@ def _condition(part: str, table, where: str) -> dict:
         if k not in allowed:
             raise ConfigFileError(f"unknown key {k!r} in [{where}] (a {kind} condition takes "
                                   f"{', '.join(allowed)}){_closest(k, allowed)}")
+        if k == "exact":
+            if not isinstance(v, bool):
+                raise ConfigFileError(f"[{where}] exact = {v!r}: expected true or false")
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
             raise ConfigFileError(f"[{where}] {k} = {v!r}: expected a number or an expression "
                                   "string")
@@ -352,8 +356,8 @@ def bc_conditions(args) -> dict | object:
 
     def make(c):
         kind, g = c["type"], c.get("g")
-        if kind == "dirichlet":
-            return Dirichlet(g)
+        if kind in ("dirichlet", "dirichlet-exact"):
+            return Dirichlet(g, exact=kind == "dirichlet-exact" or bool(c.get("exact", False)))
         if kind == "neumann":
             return Neumann(g)
         if kind == "robin":
@@ -414,6 +418,8 @@ def resolved_config(args, cloud_desc: dict, problem=None, lrs=None) -> tuple[dic
     # boundary conditions: always the full table, right after the problem
     bc = dict(args.bc_table) if getattr(args, "bc_table", None) else \
         {"*": {k: v for k, v in (("type", args.bc), ("g", args.g)) if v is not None}}
+    if bc.get("*", {}).get("type") == "dirichlet-exact":  # the flag's spelling of exact = true
+        bc["*"] = {**bc["*"], "type": "dirichlet", "exact": True}
     doc = {"problem": doc["problem"], "bc": bc, **{k: v for k, v in doc.items()
                                                    if k != "problem"}}
     comments = {}
