@@ -34,7 +34,7 @@ def test_cli_smoke_and_refuses_overwrite(tmp_path):
     split = doc["error_split"]
     assert set(split["blocks"]) == {"pde", "*"}
     assert split["limiting"] == max(split["blocks"], key=split["blocks"].get)
-    assert "error split" in p.stdout and doc["settings"]["weighting"] == "length"
+    assert "error split" in p.stdout and doc["settings"]["weighting"] == "auto"
     before = (out / "metrics.json").read_bytes()
     p2 = _run(*args)
     assert p2.returncode != 0 and "already exists" in p2.stderr

@@ -39,19 +39,42 @@ def test_domain_length_is_the_faber_krahn_length():
     assert abs(domain_length(sq) - ref) <= 0.05 * ref
 
 
-def test_length_weights_follow_the_derivative_order(square):
-    # Neumann on 'left' (order 1), Dirichlet elsewhere (order 0), a Laplacian PDE (order 2)
-    pb = dt.Problem("-lap(u) + u", bc={"left": dt.Neumann(), "*": dt.Dirichlet()},
-                    exact="sin(x)*exp(y)")
-    disc = dt.discretize(pb, square, 4)
+def test_symbol_weights_divide_each_row_by_its_operator_on_the_smoothest_mode(square):
+    # PDE -div((1+x^2) grad u) + u = -(1+x^2) lap u - 2x u_x + u: size (1+x^2)/l^2 + |2x|/l + 1
+    # Neumann on 'left': |n|/l = 1/l; Robin(2, 3) on the rest: 2/l + 3
+    pb = dt.Problem("-div((1 + x**2)*grad(u)) + u",
+                    bc={"left": dt.Neumann(), "*": dt.Robin(2, 3)}, exact="sin(x)*exp(y)")
+    disc = dt.discretize(pb, square, 4, weighting="symbol")
     s, w, ell = disc.system, disc.weights, domain_length(square)
-    assert w["pde"] == 1 / np.sqrt(s.n_collocation) * ell ** 2
+    x = s.nodes[s.row_index, 0]
+    ref_pde = 1 / ((1 + x ** 2) / ell ** 2 + np.abs(2 * x) / ell + 1) / np.sqrt(s.n_collocation)
+    # the same few operations in another order (and |n| = 1 to rounding): a few ulps
+    assert np.allclose(w["pde"].numpy(), ref_pde, rtol=16 * EPS, atol=0)
     left = s.boundary_tags == 3
     nb = 1 / np.sqrt(s.n_boundary)
-    assert np.all(w["bc"].numpy()[left] == nb * ell) and np.all(w["bc"].numpy()[~left] == nb)
-    # the paper's rule: 1/sqrt(rows) per block
+    assert np.allclose(w["bc"].numpy()[left], nb * ell, rtol=16 * EPS, atol=0)
+    assert np.allclose(w["bc"].numpy()[~left], nb / (2 / ell + 3), rtol=16 * EPS, atol=0)
+    # Dirichlet rows weigh 1/sqrt(Nb); the paper's rule: 1/sqrt(rows) per block
+    d = dt.discretize(dt.Problem("-lap(u)", bc=dt.Dirichlet(), exact="x*y"), square, 4)
+    assert np.all(d.weights["bc"].numpy() == nb)
     c = dt.discretize(pb, square, 4, weighting="count").weights
-    assert c["pde"] == 1 / np.sqrt(s.n_collocation) and np.all(c["bc"].numpy() == nb)
+    assert np.all(c["pde"].numpy() == 1 / np.sqrt(s.n_collocation))
+    assert np.all(c["bc"].numpy() == nb)
+
+
+def test_auto_is_symbol_with_a_dirichlet_part_else_count(square):
+    for bc, rule in (({"left": dt.Neumann(), "*": dt.Robin(1, 1)}, "count"),
+                     ({"left": dt.Neumann(), "*": dt.Dirichlet()}, "symbol"),
+                     (dt.Dirichlet(), "symbol")):
+        disc = dt.discretize(dt.Problem("-lap(u)", bc=bc, exact="x*y + 1"), square, 3)
+        assert disc.info["weighting"] == rule
+
+
+def test_rows_without_a_linear_part_fall_back_to_the_order(square):
+    pb = dt.Problem("sqrt(1 + dx(u)**2 + dy(u)**2)", bc=dt.Dirichlet(), exact="x + y**2")
+    w = dt.discretize(pb, square, 4).weights
+    n = w["pde"].numel()
+    assert torch.all(w["pde"] == domain_length(square) ** 1 / np.sqrt(n))
 
 
 def test_the_weighted_loss_does_not_change_when_the_domain_is_rescaled():

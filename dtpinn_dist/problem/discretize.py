@@ -27,7 +27,7 @@ from .discrete import BoundaryPart, Discretization, PDEPart
 from .forms import AXES, term_key
 from .problem import DEFAULT_PART
 from .lift import build_lift, exact_parts
-from .weights import WEIGHTINGS, row_weights
+from .weights import resolve, row_weights
 
 __all__ = ["discretize", "METHODS", "BACKENDS"]
 
@@ -145,7 +145,7 @@ def _checked_cloud(cloud, comm):
 def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
                backend: str | None = None, dtype=None, device=None, partitioner: str = "auto",
                partition=None, n_test: int | None = None,
-               weighting: str = "length") -> Discretization:
+               weighting: str = "auto") -> Discretization:
     """Turn a declared problem and a point cloud into this rank's :class:`Discretization`.
 
     Parameters
@@ -173,11 +173,11 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
         A given split of the nodes over the ranks instead (PETSc backend).
     n_test : int, optional
         Use only the first ``n_test`` of ``cloud.test``.
-    weighting : {"length", "count"}
-        Row weights of the loss (:mod:`~dtpinn_dist.problem.weights`): each row times the
-        domain's length scale to the power of its derivative order (default: Dirichlet rows
-        weigh as much as the errors they cause), or the paper's per-block ``1/sqrt(rows)``
-        alone (eq. (12)).
+    weighting : {"auto", "symbol", "count"}
+        Row weights of the loss (:mod:`~dtpinn_dist.problem.weights`): ``symbol`` divides each
+        row by its operator's size on the domain's smoothest mode (every row weighs what the
+        error it causes costs), ``count`` is the paper's per-block ``1/sqrt(rows)`` (eq. (12));
+        ``auto`` (default): ``symbol`` when a part has a Dirichlet condition, else ``count``.
 
     Returns
     -------
@@ -187,8 +187,6 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
     comm = as_comm(comm)
     backend = backend or ("petsc" if comm.size > 1 else "torch")
     if backend not in BACKENDS:
@@ -203,6 +201,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
     tags, names = _cloud_parts(cloud)
     by_tag = _match_parts(an.bcs, tags, names)
     dim, time_dep = cloud.dim, problem.time_dependent
+    weighting = resolve(weighting, [an.bcs[k][1].theta for k in set(by_tag.values())])
     exact = exact_parts(an)
     if exact and (method != "dt" or time_dep):
         raise ValueError(f"exact Dirichlet conditions (part {exact[0]!r}) are built for steady "
@@ -408,8 +407,8 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             rest=None if form.is_linear else compile_expr(form.rest, names_b), fields=fields,
             partials={k: compile_expr(v, names_b) for k, v in form.rest_partials().items()},
             linear=form.linear))
-    weights = _weights(weighting, cloud, system, method, an, local_groups, ten,
-                       len(problem.times), time_dep)
+    weights = _weights(weighting, cloud, system, method, an, local_groups, data, pde_part,
+                       bparts, ten, len(problem.times), time_dep)
     lift = build_lift(an, cloud, order, by_tag) if exact else None
     label = {t: n for n, t in names.items()}
     nodes = np.vstack([cloud.interior, cloud.boundary])  # the global cloud: same on every rank
@@ -428,18 +427,65 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
                           info, weights, lift)
 
 
-def _weights(rule, cloud, system, method, an, local_groups, ten, slices, column) -> dict:
-    """The loss's row weights for this rank's rows (:mod:`.weights`): floats for the PDE and
-    initial-value blocks, a tensor for the boundary rows (a column when time-dependent)."""
+def _weights(rule, cloud, system, method, an, local_groups, data, pde_part, bparts, ten,
+             slices, column) -> dict:
+    """The loss's row weights for this rank's rows (:mod:`.weights`), from the linear parts'
+    coefficients at the rows and the pointwise parts' partial derivatives at u = 0: tensors for
+    the PDE and boundary blocks (columns when time-dependent), a float for the initial
+    values."""
+    def num(c):
+        return c.detach().cpu().numpy().reshape(-1) if isinstance(c, torch.Tensor) else c
+
     bnd_orders = np.zeros(len(system.boundary_index), dtype=np.int64)
     for key, pos in local_groups.items():
         bnd_orders[pos] = an.bcs[key][1].theta
-    w = row_weights(rule, cloud, pde_order=an.pde.theta,
-                    pde_count=system.n_collocation if method == "dt" else system.n_interior,
+    bnd_pointwise = []
+    dt_rows = method == "dt"
+    coef = data["lin_coef_rows" if dt_rows else "lin_coef_inner"]
+    X = system.nodes
+    P = X[system.row_index if dt_rows else system.interior_index]
+    pointwise = _pointwise_terms(pde_part, an.pde.derivs, _coord_env(P), len(P))
+    bnd = system.boundary_index
+    for bp in bparts:  # each part's pointwise terms on its rows, zero elsewhere
+        r = bp.rows.cpu().numpy()
+        env = _coord_env(X[bnd[r]], system.normals[r])
+        for k, c in _pointwise_terms(bp, an.bcs[bp.key][1].derivs, env, len(r)):
+            full = np.zeros(len(bnd))
+            full[r] = c
+            bnd_pointwise.append((k, full))
+    w = row_weights(rule, cloud,
+                    pde_terms=[(k, num(c)) for (k, _), c in zip(an.pde.linear, coef)]
+                    + pointwise,
+                    pde_rows=len(system.row_index if dt_rows else system.interior_index),
+                    pde_order=an.pde.theta,
+                    pde_count=system.n_collocation if dt_rows else system.n_interior,
+                    bnd_terms=[(k, num(c)) for k, c in data["lin_coef_bnd"]] + bnd_pointwise,
                     bnd_orders=bnd_orders, bnd_count=system.n_boundary,
                     ic_count=system.n_collocation, slices=slices)
-    w["bc"] = ten(w["bc"][:, None] if column else w["bc"])
+    for k in ("pde", "bc"):
+        w[k] = ten(w[k][:, None] if column else w[k])
     return w
+
+
+def _pointwise_terms(part, derivs: dict, env: dict, n: int) -> list:
+    """The pointwise part's partial derivatives at u = 0 (and its derivatives 0) as linear
+    terms ``(term key, coefficient per row)``: ``+ u`` in a PDE, ``u**2`` (zero), ``exp(u)``
+    (one), ``u*dx(u)`` (zero) -- the size of the operator near the zero function."""
+    if not part.partials:
+        return []
+    env = dict(env)
+    zero = np.zeros(n)
+    for name in part.fields:
+        env[name] = zero
+    out = []
+    for name, comp in part.partials.items():
+        if name == "u_t":
+            continue
+        with np.errstate(all="ignore"):
+            c = np.broadcast_to(np.asarray(comp(env, "numpy"), dtype=np.float64), (n,))
+        c = np.where(np.isfinite(c), c, 0.0)  # a partial singular at u = 0 adds nothing
+        out.append(("id" if name == "u" else term_key(derivs[name]), c))
+    return out
 
 
 def cloud_hash(cloud) -> str:

@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "morton", "block"], default="auto",
                    help="petsc backend: how nodes are split across ranks (auto: PT-Scotch or "
                         "ParMETIS through PETSc when available, else a Hilbert curve)")
-    d.add_argument("--weighting", choices=["length", "count"], default="length",
-                   help="row weights of the loss: length (default; each row times the domain's "
-                        "length scale to the power of its derivative order, so Dirichlet rows "
-                        "weigh what their errors cost) or count (the paper's eq. (12): "
-                        "1/sqrt(rows) per block)")
+    d.add_argument("--weighting", choices=["auto", "symbol", "count"], default="auto",
+                   help="row weights of the loss: symbol (each row divided by its operator's "
+                        "size on the domain's smoothest mode, so every row weighs what its "
+                        "error costs), count (the paper's eq. (12): 1/sqrt(rows) per block), "
+                        "auto (default: symbol when a part is Dirichlet, else count); "
+                        "docs/loss.md")
     d.add_argument("--device", default=None, help="torch device (default cpu; cuda for cupy)")
     o = p.add_argument_group("training")
     o.add_argument("--optimizer", choices=["lbfgs", "adam", "lm", "gn"], default="lbfgs",
