@@ -409,7 +409,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             linear=form.linear))
     weights = _weights(weighting, cloud, system, method, an, local_groups, data, pde_part,
                        bparts, ten, len(problem.times), time_dep)
-    lift = build_lift(an, cloud, order, by_tag) if exact else None
+    lift = build_lift(an, cloud, order, by_tag, discretize) if exact else None
     label = {t: n for n, t in names.items()}
     nodes = np.vstack([cloud.interior, cloud.boundary])  # the global cloud: same on every rank
     box = (list(nodes.min(0)) + ([float(T[0])] if time_dep else []),

@@ -82,14 +82,15 @@ class Lift:
         return self.G[idx], self.phi[idx]
 
 
-def build_lift(analysis, cloud, order: int, by_tag: dict) -> Lift:
+def build_lift(analysis, cloud, order: int, by_tag: dict, discretize) -> Lift:
     """``G`` and ``phi`` on the whole cloud (serial; the same bits on every rank).
 
-    ``by_tag``: cloud boundary tag -> condition key (as :func:`discretize` matched them).
+    ``by_tag``: cloud boundary tag -> condition key (as ``discretize`` matched them);
+    ``discretize``: :func:`~dtpinn_dist.problem.discretize.discretize`, which builds the two
+    auxiliary problems (passed in: it is the caller).
     """
     from ..comm import SerialComm
     from .conditions import Dirichlet, Neumann
-    from .discretize import discretize
     from .problem import Problem
     from .solve import solve_discrete
 
