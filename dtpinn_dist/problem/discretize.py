@@ -408,7 +408,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
             partials={k: compile_expr(v, names_b) for k, v in form.rest_partials().items()},
             linear=form.linear))
     weights = _weights(weighting, cloud, system, method, an, local_groups, data, pde_part,
-                       bparts, ten, len(problem.times), time_dep)
+                       bparts, ten, problem.times, time_dep)
     lift = build_lift(an, cloud, order, by_tag, discretize) if exact else None
     label = {t: n for n, t in names.items()}
     nodes = np.vstack([cloud.interior, cloud.boundary])  # the global cloud: same on every rank
@@ -428,7 +428,7 @@ def discretize(problem, cloud, order: int = 4, *, method: str = "dt", comm=None,
 
 
 def _weights(rule, cloud, system, method, an, local_groups, data, pde_part, bparts, ten,
-             slices, column) -> dict:
+             times, column) -> dict:
     """The loss's row weights for this rank's rows (:mod:`.weights`), from the linear parts'
     coefficients at the rows and the pointwise parts' partial derivatives at u = 0: tensors for
     the PDE and boundary blocks (columns when time-dependent), a float for the initial
@@ -444,15 +444,18 @@ def _weights(rule, cloud, system, method, an, local_groups, data, pde_part, bpar
     coef = data["lin_coef_rows" if dt_rows else "lin_coef_inner"]
     X = system.nodes
     P = X[system.row_index if dt_rows else system.interior_index]
-    pointwise = _pointwise_terms(pde_part, an.pde.derivs, _coord_env(P), len(P))
-    bnd = system.boundary_index
-    for bp in bparts:  # each part's pointwise terms on its rows, zero elsewhere
-        r = bp.rows.cpu().numpy()
-        env = _coord_env(X[bnd[r]], system.normals[r])
-        for k, c in _pointwise_terms(bp, an.bcs[bp.key][1].derivs, env, len(r)):
-            full = np.zeros(len(bnd))
-            full[r] = c
-            bnd_pointwise.append((k, full))
+    pointwise = []
+    if rule == "symbol":  # the pointwise parts' sizes near u = 0 (at the first time slice)
+        t0 = {"t": float(times[0])} if column else {}
+        pointwise = _pointwise_terms(pde_part, an.pde.derivs, {**_coord_env(P), **t0}, len(P))
+        bnd = system.boundary_index
+        for bp in bparts:  # each part's pointwise terms on its rows, zero elsewhere
+            r = bp.rows.cpu().numpy()
+            env = {**_coord_env(X[bnd[r]], system.normals[r]), **t0}
+            for k, c in _pointwise_terms(bp, an.bcs[bp.key][1].derivs, env, len(r)):
+                full = np.zeros(len(bnd))
+                full[r] = c
+                bnd_pointwise.append((k, full))
     w = row_weights(rule, cloud,
                     pde_terms=[(k, num(c)) for (k, _), c in zip(an.pde.linear, coef)]
                     + pointwise,
@@ -461,7 +464,7 @@ def _weights(rule, cloud, system, method, an, local_groups, data, pde_part, bpar
                     pde_count=system.n_collocation if dt_rows else system.n_interior,
                     bnd_terms=[(k, num(c)) for k, c in data["lin_coef_bnd"]] + bnd_pointwise,
                     bnd_orders=bnd_orders, bnd_count=system.n_boundary,
-                    ic_count=system.n_collocation, slices=slices)
+                    ic_count=system.n_collocation, slices=len(times))
     for k in ("pde", "bc"):
         w[k] = ten(w[k][:, None] if column else w[k])
     return w
