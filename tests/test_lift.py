@@ -142,3 +142,24 @@ def test_cli_dirichlet_exact_run_predicts_like_its_solution(tmp_path):
     sol = np.load(out / "solution.npz")
     got = dt.load_run(out).predict(sol["points"])
     assert np.array_equal(got, sol["u"])
+
+
+@pytest.mark.mpi
+def test_exact_conditions_distributed_equal_serial(comm):
+    """Every rank builds the same G and phi (serial solves on the whole cloud) and takes its own
+    nodes' values: the distributed loss is the serial one within the sparse sums' round-off."""
+    pytest.importorskip("petsc4py")
+    from dtpinn_dist.comm import SerialComm
+    from roundoff import loss_bound, residual_scale
+    cloud = tagged_square(500, seed=4, n_test=300)
+    pb = dt.Problem("-lap(u) + u**3", bc={"left": dt.Neumann(), "*": dt.Dirichlet(exact=True)},
+                    exact=EXACT)
+    serial = dt.discretize(pb, cloud, 4, comm=SerialComm())
+    dist = dt.discretize(pb, cloud, 4, comm=comm, backend="petsc", partitioner="hilbert")
+    model = dt.MLP(2, 12, 2, seed=3, input_box=serial.input_box)
+    with torch.no_grad():
+        U = serial.network_values(model)
+        r = serial.values_residual(U)
+    assert abs(dist.loss(model) - serial.loss(model)) <= loss_bound(r, residual_scale(serial, U))
+    n = len(serial.data["test"])
+    assert abs(dist.rel_l2(model) - serial.rel_l2(model)) <= 4 * n * EPS * serial.rel_l2(model)
