@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["residual_scale", "loss_bound", "EPS", "C", "unit_roundoff", "gamma", "row_nnz", "matvec_diff_bound", "normal_product_diff_bound",
+__all__ = ["jacobian_against_autograd", "residual_scale", "loss_bound", "EPS", "C", "unit_roundoff", "gamma", "row_nnz", "matvec_diff_bound", "normal_product_diff_bound",
            "dot_diff_bound"]
 
 
@@ -93,3 +93,24 @@ def loss_bound(r: torch.Tensor, scale: torch.Tensor) -> float:
     """|d(sum r^2)| <= 2 sum |r| |dr| + sum |dr|^2 with |dr| <= C eps scale."""
     dr = C * EPS * scale
     return float(2 * (r.abs() * dr).sum() + (dr * dr).sum())
+
+
+def jacobian_against_autograd(disc, model):
+    """The least-squares Jacobian of ``model`` on ``disc`` (the fast structured path,
+    ``J = A_tilde Ju``) against autograd's Jacobian of the residual: the same products summed in
+    another order, so within ``64 eps |A_tilde| |Ju|`` per entry. Returns ``(lsq, theta, J)``
+    for further checks."""
+    from dtpinn_dist.model.jacobian import network_jacobian
+    from dtpinn_dist.optimizer.least_squares import PINNLeastSquares, _FunctionalModel
+
+    lsq = PINNLeastSquares(model, disc)
+    th = lsq.get_params()
+    assert lsq.has_fast_jacobian()
+    r, J = lsq.jacobian(th)
+    ref = torch.autograd.functional.jacobian(
+        lambda w: disc.residual(_FunctionalModel(model, w)), th)
+    assert torch.equal(r, disc.residual(model).detach())
+    _, Ju = network_jacobian(model, disc.data["X"])
+    bound = C * EPS * torch.from_numpy(abs(lsq.structured_matrix(th)) @ Ju.abs().numpy())
+    assert torch.all((J - ref).abs() <= bound)
+    return lsq, th, J

@@ -21,7 +21,7 @@ from dtpinn_dist.operators.rbffd import (Operator, boundary_matrix, laplacian_ma
 from dtpinn_dist.optimizer.least_squares import PINNLeastSquares, _FunctionalModel
 from dtpinn_dist.problem.solve import solve_discrete
 from clouds import tagged_square
-from roundoff import gamma
+from roundoff import gamma, jacobian_against_autograd
 
 EPS = np.finfo(np.float64).eps
 U19 = "1 + sin(pi*x)*cos(pi*y)"  # paper eq. (19)
@@ -251,17 +251,7 @@ def test_example_jacobian_against_autograd_and_fd(disk, name):
     pde, exact = EXAMPLES[name]
     disc = dt.discretize(dt.Problem(pde, bc=dt.Dirichlet(), exact=exact), disk, 3)
     model = dt.MLP(2, 6, 2, seed=2)
-    lsq = PINNLeastSquares(model, disc)
-    th = lsq.get_params()
-    assert lsq.has_fast_jacobian()
-    r, J = lsq.jacobian(th)
-    f = lambda w: disc.residual(_FunctionalModel(model, w))  # noqa: E731
-    ref = torch.autograd.functional.jacobian(f, th)
-    assert torch.equal(r, disc.residual(model).detach())
-    # the same products (sparse A times Ju) summed in another order: 64 eps |A| |Ju| per entry
-    _, Ju = network_jacobian(model, disc.data["X"])
-    bound = 64 * EPS * torch.from_numpy(abs(lsq.structured_matrix(th)) @ Ju.abs().numpy())
-    assert torch.all((J - ref).abs() <= bound)
+    lsq, th, J = jacobian_against_autograd(disc, model)
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):
         v = torch.randn(th.numel(), generator=gen, dtype=th.dtype)

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 import dtpinn_dist as dt
-from dtpinn_dist.model.jacobian import network_jacobian
-from dtpinn_dist.optimizer.least_squares import PINNLeastSquares
 
 from clouds import tagged_square
-from roundoff import EPS
+from roundoff import EPS, jacobian_against_autograd
 
 ROOT = Path(__file__).resolve().parents[1]
 EXACT = "sin(2*x)*cos(y) + x*y + 1"
@@ -72,32 +69,9 @@ def test_predictions_off_and_on_the_nodes(mixed, tmp_path):
 
 
 def test_jacobian_with_the_lift_against_autograd(mixed):
+    # J = A diag(phi) Ju on the fast path (structured_matrix includes diag(phi)) = autograd's
     cloud, disc = mixed
-    model = dt.MLP(2, 6, 2, seed=2, input_box=disc.input_box)
-    lsq = PINNLeastSquares(model, disc)
-    th = lsq.get_params()
-    assert lsq.has_fast_jacobian()
-    r, J = lsq.jacobian(th)
-    from dtpinn_dist.model.jacobian import unflatten
-    f = lambda w: disc.residual(_Functional(model, w))  # noqa: E731
-    ref = torch.autograd.functional.jacobian(f, th)
-    assert torch.equal(r, disc.residual(model).detach())
-    # J = A diag(phi) Ju summed in another order: 64 eps |A| diag|phi| |Ju| per entry
-    _, Ju = network_jacobian(model, disc.data["X"])
-    At = lsq.structured_matrix(th)
-    bound = 64 * EPS * torch.from_numpy(abs(At) @ Ju.abs().numpy())
-    assert torch.all((J - ref).abs() <= bound + 1e-300)
-    del unflatten
-
-
-class _Functional(torch.nn.Module):
-    def __init__(self, model, theta):
-        super().__init__()
-        self.model, self.theta = model, theta
-
-    def forward(self, X):
-        from dtpinn_dist.model.jacobian import unflatten
-        return torch.func.functional_call(self.model, unflatten(self.model, self.theta), (X,))
+    jacobian_against_autograd(disc, dt.MLP(2, 6, 2, seed=2, input_box=disc.input_box))
 
 
 def test_training_with_exact_conditions_lowers_the_error(mixed):
