@@ -213,8 +213,10 @@ def test_lbfgs_lockstep_matches_serial(comm, cloud, kind, partition, line_search
     from dtpinn_dist.optimizer import TrainConfig, Trainer
 
     n = 20
+    # the paper's no-line-search setting with its rates: its raw network inputs too
     cfg = TrainConfig(steps=4, max_iter=5, eval_every=0, verbose=False, width=20, depth=2,
-                      seed=3, line_search=line_search, lr=lr)
+                      seed=3, line_search=line_search, lr=lr,
+                      inputs="box" if line_search else "raw")
     D = _dist(cloud, comm, partition, kind)
     serial = _serial(cloud, kind)
 

@@ -137,7 +137,8 @@ def train(disc, setting: str, *, problem: str, steps: int, seed: int, eval_every
         ``lr`` (the rate that ran), ``restarts`` and ``restart_train_s`` (training time of the
         attempts that blew up; each restart halves the rate), ``history`` ([step, train time, rel_l2, loss]).
     """
-    common = dict(steps=steps, seed=seed, eval_every=eval_every, verbose=False)
+    # the paper's network sees raw coordinates (and time)
+    common = dict(steps=steps, seed=seed, eval_every=eval_every, verbose=False, inputs="raw")
     if setting == "wolfe":
         attempts = [dict(line_search=True, lr=1.0 / 2 ** k) for k in range(MAX_RESTARTS + 1)]
     elif setting == "paper":

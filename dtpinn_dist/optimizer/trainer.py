@@ -70,6 +70,9 @@ class TrainConfig:
         Network initialisation seed.
     width, depth, activation
         Network shape (paper: 50, 4, tanh).
+    inputs : {"box", "raw"}
+        What the default network's first layer sees: the coordinates (and time) mapped from
+        the cloud's bounding box to [-1, 1] (default), or the raw values (the paper's).
     divergence_factor : float
         Treat a loss above this multiple of the initial loss as divergence (stop, restore the
         parameters with the lowest loss seen); 0 disables. L-BFGS without line search can
@@ -102,6 +105,7 @@ class TrainConfig:
     width: int = 50
     depth: int = 4
     activation: str = "tanh"
+    inputs: str = "box"
     divergence_factor: float = 1e6
     verbose: bool = True
     schedule: str | None = None
@@ -135,6 +139,7 @@ class TrainConfig:
              "time_budget", "must be a finite number of seconds > 0 (or None)")
         from ..model.mlp import ACTIVATIONS
         need(self.activation in ACTIVATIONS, "activation", f"use one of {sorted(ACTIVATIONS)}")
+        need(self.inputs in ("box", "raw"), "inputs", "use 'box' or 'raw'")
         from .registry import OPTIMIZERS
         need(self.optimizer in OPTIMIZERS, "optimizer", f"use one of {sorted(OPTIMIZERS)}")
         if self.schedule is not None:
@@ -243,7 +248,7 @@ class Trainer:
         if model is None:
             model = MLP(disc.input_dim, cfg.width, cfg.depth, dtype=dtype, seed=cfg.seed,
                         activation=cfg.activation, device=disc.device,
-                        input_box=disc.input_box)
+                        input_box=disc.input_box if cfg.inputs == "box" else None)
         pdt = next(model.parameters()).dtype
         if pdt != dtype:
             raise ValueError(f"the network is {pdt} but the discretisation is {dtype}; "

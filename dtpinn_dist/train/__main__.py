@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-every", type=int, default=10)
     o.add_argument("--width", type=int, default=50)
     o.add_argument("--depth", type=int, default=4)
+    o.add_argument("--inputs", choices=["box", "raw"], default="box",
+                   help="the network's inputs: box (default; coordinates and time mapped from "
+                        "the cloud's bounding box to [-1, 1]) or raw (the paper's)")
     o.add_argument("--seed", type=int, default=0)
     r = p.add_argument_group("run")
     r.add_argument("--config", default=None, metavar="FILE.toml",
@@ -346,6 +349,7 @@ def _train_config(args):
                            tol=args.tol, time_budget=args.time_budget,
                            eval_every=args.eval_every, seed=args.seed, width=args.width,
                            depth=args.depth, activation=getattr(args, "activation", "tanh"),
+                           inputs=args.inputs,
                            verbose=True, checkpoint_every=args.checkpoint_every)
     except ConfigError as exc:
         raise UserError(f"--{exc.param.replace('_', '-')}: {exc}") from None

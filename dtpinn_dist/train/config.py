@@ -20,7 +20,8 @@ Tables and keys (each key maps to the flag of the same meaning):
   ...). Relative file paths are relative to the config file's folder.
 * ``[discretization]``: ``method``, ``dtype``, ``order``, ``backend``, ``partitioner``,
   ``weighting``, ``device``.
-* ``[network]``: ``width``, ``depth``, ``activation`` (``"tanh"``, ``"sin"``).
+* ``[network]``: ``width``, ``depth``, ``activation`` (``"tanh"``, ``"sin"``), ``inputs``
+  (``"box"``, ``"raw"``).
 * ``[training]``: ``optimizer``, ``schedule``, ``steps``, ``lr``, ``line_search``,
   ``history_size``, ``max_iter``, ``tolerance_grad``, ``tolerance_change``, ``tol``,
   ``time_budget``, ``eval_every``, ``seed``; ``[training.lm]``: ``step``, ``memory_gb``,
@@ -61,7 +62,8 @@ SCHEMA = {
     "discretization": {"method": "method", "dtype": "dtype", "order": "order",
                        "backend": "backend", "partitioner": "partitioner",
                        "weighting": "weighting", "device": "device"},
-    "network": {"width": "width", "depth": "depth", "activation": "activation"},
+    "network": {"width": "width", "depth": "depth", "activation": "activation",
+                "inputs": "inputs"},
     "training": {"optimizer": "optimizer", "schedule": "schedule", "steps": "steps",
                  "lr": "lr", "line_search": "line_search", "history_size": "history_size",
                  "max_iter": "max_iter", "tolerance_grad": "tolerance_grad",
