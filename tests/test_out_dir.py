@@ -1,7 +1,9 @@
-"""The run folder under bad conditions (issue 11, section 6): a read-only --out is refused before
-any work, two runs on one --out (the later refuses; a killed run's lock is taken over), no empty
-folder after an early failure, a full disk leaves no truncated file nor ``*.tmp``; the same for
-the operators command line. Serially and under ``mpirun -n 2``."""
+"""The run folder under bad conditions (issue 11, section 6; issue 22, section 1): a read-only
+--out is refused before any work, two runs on one --out (the later refuses; a killed run's lock is
+taken over), no empty folder after an early failure, a full disk leaves no truncated file nor
+``*.tmp``, --overwrite moves only this program's files (by name) aside and puts them back when the
+new run ends without results; the same for the operators command line. Serially and under
+``mpirun -n 2``."""
 import contextlib
 import json
 import os
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from dtpinn_dist.atomic import OutputError, atomic_write, probe_writable
-from dtpinn_dist.outputs import OutputExistsError, RunDir
+from dtpinn_dist.outputs import OutputExistsError, RunDir, check_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-points", "100", "--steps", "2", "--width", "8", "--depth", "2", "--test-points",
@@ -145,8 +147,9 @@ def test_two_runs_on_one_out(tmp_path):
     """A live run holds --out: a second refuses at once with one line; after the first is
     killed (-9), a third takes the folder over and finishes."""
     out = tmp_path / "shared"
+    # (no checkpoint before it is killed: a folder holding one is a run to resume, refused)
     first = subprocess.Popen([sys.executable, "-m", "dtpinn_dist.train", *TINY, "--steps",
-                              "100000", "--quiet", "--out", str(out)], cwd=ROOT, env=_env(),
+                              "100000", "--checkpoint-every", "0", "--quiet", "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
@@ -169,6 +172,68 @@ def test_two_runs_on_one_out(tmp_path):
     assert not (out / ".lock").exists()
 
 
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
+    """--overwrite moves the old run's files (by name, vtk/ slices too) into .previous-run/;
+    they come back when the new run ends without metrics.json, and go once it has one. A user's
+    files (also in vtk/) and a stranger's *.tmp are never touched; a killed write's temporary
+    file of a run file is removed."""
+    out = tmp_path / "run"
+    (out / "vtk").mkdir(parents=True)
+    old = {"metrics.json": b"old m", "checkpoint.pt": b"old c", "train.log": b"old log",
+           "vtk/solution_0000.vtu": b"old v", "vtk/mydata.txt": b"mine",
+           "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
+    for k, v in old.items():
+        (out / k).write_bytes(v)
+    killed = out / ".checkpoint.pt.ab12cd_4.tmp"
+    killed.write_bytes(b"half a checkpoint")
+    r = RunDir(out, overwrite=True).claim()
+    assert not killed.exists()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ".previous-run", "notes.tmp",
+                                                     "vtk", "vtk.txt"]
+    assert _files(out / "vtk") == {"mydata.txt": b"mine"}
+    r.file("checkpoint.pt").write_bytes(b"new c")  # the new run fails before any results
+    r.file("config.toml").write_bytes(b"new cfg")
+    r.release()
+    assert _files(out) == old and not (out / ".lock").exists()
+    # failing before training (abandon) puts them back too
+    r = RunDir(out, overwrite=True).claim()
+    r.file("config.toml").write_bytes(b"new cfg")
+    r.abandon()
+    assert _files(out) == old and sorted(p.name for p in out.iterdir()) == sorted(
+        ["metrics.json", "checkpoint.pt", "train.log", "vtk", "notes.tmp", "vtk.txt"])
+    # a run killed after setting them aside: they are still there, and no new run without
+    # --overwrite takes the folder
+    RunDir(out, overwrite=True).claim()  # claimed, never released
+    (out / ".lock").unlink()  # as if its process were gone (kill -9)
+    with pytest.raises(OutputExistsError, match=r"\.previous-run .*--overwrite"):
+        check_run_dir(out)
+    # the next --overwrite run answers for them: with results, they go
+    r = RunDir(out, overwrite=True).claim()
+    r.file("metrics.json").write_bytes(b"new m")
+    r.release()
+    assert _files(out) == {"metrics.json": b"new m", "vtk/mydata.txt": b"mine",
+                           "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
+    assert not (out / ".previous-run").exists()
+
+
+def test_a_resumable_run_is_not_replaced(tmp_path):
+    """A folder holding checkpoint.pt (a stopped or killed run) is refused without --resume or
+    --overwrite, and nothing is written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"step 30")
+    with pytest.raises(OutputExistsError, match=f"resume with --resume {out}, or --overwrite"):
+        RunDir(out).claim()
+    assert _files(out) == {"checkpoint.pt": b"step 30"}
+    RunDir(out, resume=True).claim().release()
+    assert _files(out) == {"checkpoint.pt": b"step 30"}
+
+
 # ------------------------------------------------------------------------------ early failures
 def test_read_only_out_is_refused_before_any_work(tmp_path, capsys):
     from dtpinn_dist.train.__main__ import main
@@ -189,14 +254,17 @@ def test_no_run_folder_after_an_early_failure(tmp_path, capsys):
     assert rc == 2 and "not finite" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "deep").exists()
     # a finished run is not replaced without --overwrite; with it, its old outputs go first
-    out.mkdir(parents=True)
+    # (a user's vtk/mydata.txt stays: only this program's files go, by name)
+    (out / "vtk").mkdir(parents=True)
     (out / "metrics.json").write_text("{}")
     (out / "solution.pvd").write_text("stale")
+    (out / "vtk" / "mydata.txt").write_text("mine")
     assert main([*TINY, "--quiet", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*TINY, "--quiet", "--overwrite", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
-    assert not (out / "solution.pvd").exists()
+    assert not (out / "solution.pvd").exists() and not (out / ".previous-run").exists()
+    assert (out / "vtk" / "mydata.txt").read_text() == "mine"
 
 
 def test_full_disk_leaves_no_truncated_file(tmp_path):

@@ -437,7 +437,7 @@ def run(args, log=None) -> dict:
         _progress_on_evaluate(trainer, log)
         if comm.rank == 0 and hasattr(log, "start"):
             log.start(sum(n for _, n in trainer.phases))
-        result = trainer.train()
+        result = _train(trainer)
         if hasattr(log, "close_bar"):
             log.close_bar()  # the lines after training print plainly
         result.error_split = _error_split(disc, trainer.model, log)  # collective
@@ -507,6 +507,19 @@ def _trainer(args, disc, cfg, rundir, log):
         if comm.rank == 0:
             log(f"resumed from {args.resume} at step {trainer.step_count}")
     return trainer
+
+
+def _train(trainer):
+    """``trainer.train()``; a checkpoint that cannot be written (full disk) is one line saying
+    which checkpoint is kept and how to continue (every rank raises it)."""
+    from ..optimizer import CheckpointError
+    from ..outputs.checkpoint import write_failed_message
+
+    try:
+        return trainer.train()
+    except CheckpointError as exc:
+        raise UserError(write_failed_message(exc, trainer.checkpoint_step,
+                                             trainer.checkpoint.parent)) from None
 
 
 def _report_stop(result, run_dir) -> None:
