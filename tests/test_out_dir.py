@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import mount_tmpfs
 from dtpinn_dist.atomic import OutputError, atomic_write, probe_writable
 from dtpinn_dist.outputs import OutputExistsError, RunDir, check_run_dir
 
@@ -44,21 +45,6 @@ def _one_line(stderr: str) -> str:
 
 
 @contextlib.contextmanager
-def _mount_tmpfs(where: Path, size: str, readonly: bool = False):
-    """A small tmpfs at ``where`` (root only; skips where mounting is not allowed)."""
-    where.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if readonly else "")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-@contextlib.contextmanager
 def _read_only_dir(tmp_path: Path):
     """A folder nobody can write into: chmod for users, a read-only tmpfs for root (root ignores
     permission bits)."""
@@ -71,7 +57,7 @@ def _read_only_dir(tmp_path: Path):
         finally:
             d.chmod(0o755)
         return
-    with _mount_tmpfs(d, "64k", readonly=True):
+    with mount_tmpfs(d, "64k", readonly=True):
         yield d
 
 
@@ -150,6 +136,7 @@ def test_two_runs_on_one_out(tmp_path):
     # (no checkpoint before it is killed: a folder holding one is a run to resume, refused)
     first = subprocess.Popen([sys.executable, "-m", "dtpinn_dist.train", *TINY, "--steps",
                               "100000", "--checkpoint-every", "0", "--quiet", "--out", str(out)],
+                             cwd=ROOT, env=_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
@@ -179,7 +166,8 @@ def _files(folder: Path) -> dict:
 
 def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     """--overwrite moves the old run's files (by name, vtk/ slices too) into .previous-run/;
-    they come back when the new run ends without metrics.json, and go once it has one. A user's
+    they come back when the new run ends with neither metrics.json nor a checkpoint, stay while
+    it can be resumed, and go once a run there has results. A user's
     files (also in vtk/) and a stranger's *.tmp are never touched; a killed write's temporary
     file of a run file is removed."""
     out = tmp_path / "run"
@@ -196,10 +184,22 @@ def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".lock", ".previous-run", "notes.tmp",
                                                      "vtk", "vtk.txt"]
     assert _files(out / "vtk") == {"mydata.txt": b"mine"}
-    r.file("checkpoint.pt").write_bytes(b"new c")  # the new run fails before any results
-    r.file("config.toml").write_bytes(b"new cfg")
+    r.file("config.toml").write_bytes(b"new cfg")  # the new run fails before any results
     r.release()
     assert _files(out) == old and not (out / ".lock").exists()
+    # a new run that fails holding its own checkpoint can be resumed: the old files stay aside
+    # until a run here writes its results
+    r = RunDir(out, overwrite=True).claim()
+    r.file("checkpoint.pt").write_bytes(b"new c")
+    r.release()
+    assert _files(out / ".previous-run") == {k: v for k, v in old.items() if k in (
+        "metrics.json", "checkpoint.pt", "train.log", "vtk/solution_0000.vtu")}
+    r = RunDir(out, resume=True).claim()
+    r.file("metrics.json").write_bytes(b"resumed m")
+    r.release()
+    assert not (out / ".previous-run").exists() and (out / "vtk" / "mydata.txt").exists()
+    for k, v in old.items():
+        (out / k).write_bytes(v)
     # failing before training (abandon) puts them back too
     r = RunDir(out, overwrite=True).claim()
     r.file("config.toml").write_bytes(b"new cfg")
@@ -270,7 +270,7 @@ def test_no_run_folder_after_an_early_failure(tmp_path, capsys):
 def test_full_disk_leaves_no_truncated_file(tmp_path):
     """--out on a 160 kB file system: the run fails with one line naming the file that did not
     fit; no *.tmp, and every file that is there is complete."""
-    with _mount_tmpfs(tmp_path / "small", "160k") as small:
+    with mount_tmpfs(tmp_path / "small", "160k") as small:
         out = small / "run"
         p = _cli("dtpinn_dist.train", *TINY, "--quiet", "--out", out)
         assert p.returncode == 2, p.stdout[-1000:] + p.stderr[-2000:]

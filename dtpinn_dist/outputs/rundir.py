@@ -14,7 +14,8 @@ Life of a run folder (rank 0 only):
    The temporary files a killed write left (``.checkpoint.pt.XXXXXXXX.tmp``) are removed.
    ``overwrite``: the old run's files are moved aside into ``.previous-run/``, not deleted.
 3. :meth:`RunDir.release` at the end (the lock goes, the outputs stay; ``.previous-run/`` is
-   deleted when this run wrote ``metrics.json``, else put back), or :meth:`RunDir.abandon` after
+   deleted when this run wrote ``metrics.json``, put back when it left neither that nor a
+   checkpoint, else kept for a resumed run to settle), or :meth:`RunDir.abandon` after
    a failure before training: everything this run created (files, the folder itself and parents
    it made) is removed and the set-aside files are put back, so no empty run folder is left
    behind and an ``--overwrite`` that failed loses nothing.
@@ -191,7 +192,7 @@ class RunDir:
     overwrite : bool
         Allow a folder holding a run; its files (:func:`run_files`) are moved into
         ``.previous-run/``, deleted once this run has written ``metrics.json`` and put back
-        when it ends without.
+        when it ends with neither that nor a checkpoint (:meth:`_settle_backup`).
     resume : bool
         Allow a folder holding a run (finished or killed) and keep its files.
     """
@@ -254,7 +255,9 @@ class RunDir:
 
     def _settle_backup(self) -> None:
         """The end of the run: the set-aside files go when this run has written its results
-        (``metrics.json``), else they are put back in place of this run's files."""
+        (``metrics.json``); they are put back in place of this run's files when it leaves
+        nothing (neither results nor a checkpoint to continue from); else (this run can be
+        resumed) they stay, until a run in this folder writes its results."""
         backup, self.backup = self.backup, None
         if backup is None:
             return
@@ -262,7 +265,7 @@ class RunDir:
             _remove_files(backup)
             with contextlib.suppress(OSError):
                 backup.rmdir()  # only if empty: never a user's files
-        elif self._put_back:
+        elif self._put_back and not (self.path / "checkpoint.pt").exists():
             with contextlib.suppress(OSError):
                 _remove_files(self.path)
                 _move_files(backup, self.path)
@@ -310,8 +313,8 @@ class RunDir:
 
     # ------------------------------------------------------------------ end
     def release(self) -> None:
-        """The run is over: remove the lock, keep the outputs; the files ``overwrite`` set aside
-        are deleted when this run wrote ``metrics.json``, else put back."""
+        """The run is over: remove the lock, keep the outputs; settle the files ``overwrite``
+        set aside (:meth:`_settle_backup`)."""
         self._settle_backup()
         if self.claimed:
             with contextlib.suppress(OSError):
