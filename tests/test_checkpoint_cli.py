@@ -179,11 +179,20 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     assert read(run)["state"]["step"] == n
 
 
+def _open_mpi() -> bool:
+    launcher = shutil.which("mpirun")
+    if launcher is None:
+        pytest.skip("no mpirun on PATH")
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
+    return "open mpi" in version.lower()
+
+
 def test_ctrl_c_under_mpirun_ends_the_job(tmp_path):
     """OpenMPI's mpirun answers SIGINT with SIGCONT, then SIGTERM to the ranks after
     odls_base_sigkill_timeout (1 s), then SIGKILL after as long again: the ranks stop after the
     step in progress if it ends in time, and the job ends either way; the checkpoint on disk
-    stays readable (it is replaced atomically)."""
+    stays readable (it is replaced atomically), and --resume continues from it (taking the
+    killed run's lock over, removing a temporary file a killed write left)."""
     from dtpinn_dist.optimizer.checkpoint import read
     run = tmp_path / "run"
     p = _start(2, "--out", run)
@@ -195,14 +204,38 @@ def test_ctrl_c_under_mpirun_ends_the_job(tmp_path):
     assert p.returncode != 0 and time.monotonic() - t0 < 30
     assert "Traceback" not in out + err, err
     assert read(run)["state"]["step"] >= first
+    rc, out, err = _run(2, "--resume", run, flags=False)
+    assert rc == 0, err
+    assert read(run)["state"]["step"] == STEPS
+    assert not (run / ".lock").exists()
+    _no_tmp(run)
 
 
-def _fill(disk, room):
-    """Fill the file system at ``disk`` up to ``room`` free bytes (a file ``disk/filler``)."""
-    filler = disk / "filler"
-    filler.unlink(missing_ok=True)
-    st = os.statvfs(disk)
-    filler.write_bytes(bytes(max(st.f_bavail * st.f_frsize - room, 0)))
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_to_mpirun_stop_as_serially(sig, tmp_path):
+    """Given an odls_base_sigkill_timeout that leaves time for the step in progress, the
+    checkpoint and the outputs (10 s here; docs/cluster.md), SIGTERM or SIGINT to mpirun stops
+    the ranks as a serial run stops: (mpirun turns either into SIGTERM to the ranks) every rank
+    after the same step, one line "stopped by SIGTERM at step N; resume with --resume RUN",
+    metrics.json, the checkpoint of step N, the lock released, no temporary file."""
+    from dtpinn_dist.optimizer.checkpoint import read
+    if not _open_mpi():
+        pytest.skip("mpirun's signal handling measured for Open MPI")
+    run = tmp_path / "run"
+    env = dict(mpi_env(), OMPI_MCA_odls_base_sigkill_timeout="10")
+    p = _start(2, "--out", run, "--steps", 100000, env=env)
+    _wait_for(run / "checkpoint.pt", p)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "Traceback" not in out + err, err
+    doc = json.loads((run / "metrics.json").read_text())
+    n = doc["steps"]
+    assert err.count(f"stopped by SIGTERM at step {n}; resume with --resume {run}") == 1, err
+    assert doc["interrupted"] == "SIGTERM" and doc["checkpoint_step"] == n
+    assert doc["stop_reason"] == f"interrupted by SIGTERM at step {n}"
+    assert read(run)["state"]["step"] == n and doc["settings"]["outputs"]
+    assert not (run / ".lock").exists()
+    _no_tmp(run)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

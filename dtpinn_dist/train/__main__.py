@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="output directory (default runs/<timestamp>; "
                    "with --resume DIR: DIR)")
     r.add_argument("--overwrite", action="store_true",
-                   help="replace an existing metrics.json in --out")
+                   help="replace the run in --out (finished or stopped); its files are set "
+                        "aside in OUT/.previous-run/ until this run has results")
     r.add_argument("--quiet", action="store_true",
                    help="no progress on the terminal (RUN/train.log still gets every line)")
     _add_checkpoint_flags(r)
