@@ -212,6 +212,16 @@ def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     (out / ".lock").unlink()  # as if its process were gone (kill -9)
     with pytest.raises(OutputExistsError, match=r"\.previous-run .*--overwrite"):
         check_run_dir(out)
+    # killed after writing its own results (metrics.json): those are the newer ones, kept aside
+    RunDir(out, overwrite=True).claim().file("metrics.json").write_bytes(b"newer m")
+    (out / ".lock").unlink()
+    r = RunDir(out, overwrite=True).claim()
+    assert _files(out / ".previous-run") == {"metrics.json": b"newer m"}
+    r.release()
+    assert _files(out) == {"metrics.json": b"newer m", "vtk/mydata.txt": b"mine",
+                           "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
+    RunDir(out, overwrite=True).claim()  # killed again, before any results
+    (out / ".lock").unlink()
     # the next --overwrite run answers for them: with results, they go
     r = RunDir(out, overwrite=True).claim()
     r.file("metrics.json").write_bytes(b"new m")

@@ -207,7 +207,9 @@ class RunDir:
 
     # ------------------------------------------------------------------ claim
     def claim(self) -> "RunDir":
-        """Create the folder and its lock (exclusively); refuse a folder in use or finished."""
+        """Create the folder and its lock (exclusively), remove the temporary files a killed
+        write left, set an old run aside (``overwrite``); refuse a folder in use, or holding a
+        run without ``overwrite`` or ``resume`` (:func:`check_run_dir`)."""
         check_run_dir(self.path, self.overwrite, self.resume)
         missing = []
         p = self.path
@@ -240,11 +242,16 @@ class RunDir:
 
     def _set_aside(self, backup: Path) -> None:
         """``overwrite``: move the old run's files into ``backup`` (kept until this run has
-        results). A ``backup`` already there holds the last finished run's results (its
-        replacement was killed): it stays, and the killed run's own files go."""
+        results). A ``backup`` already there holds the results of a run whose replacement was
+        killed: it stays, and the killed run's own files go, unless that run had written its
+        results (``metrics.json``) too: then they are the newer results and replace it."""
         self.backup, self._put_back = backup, True
         if backup.is_dir():
-            _remove_files(self.path)
+            if (self.path / "metrics.json").exists():
+                _remove_files(backup)
+                _move_files(self.path, backup)
+            else:
+                _remove_files(self.path)
         elif run_files(self.path):
             backup.mkdir()
             _move_files(self.path, backup)
