@@ -238,6 +238,14 @@ def test_signals_to_mpirun_stop_as_serially(sig, tmp_path):
     _no_tmp(run)
 
 
+def _fill(disk, room):
+    """Fill the file system at ``disk`` up to ``room`` free bytes (a file ``disk/filler``)."""
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    st = os.statvfs(disk)
+    filler.write_bytes(bytes(max(st.f_bavail * st.f_frsize - room, 0)))
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_full_disk_keeps_the_checkpoint_and_the_old_run(ranks, tmp_path, tmp_path_factory):
     """A checkpoint that does not fit (a full disk; serially a file-size limit) ends the run
