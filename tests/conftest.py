@@ -94,6 +94,18 @@ def mount_tmpfs(where: Path, size: str, readonly: bool = False):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+def files_under(folder: Path) -> dict:
+    """Every file under ``folder`` (hidden ones too), as relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def assert_no_tmp(folder: Path) -> None:
+    """No ``*.tmp`` file anywhere under ``folder``."""
+    left = [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    assert not left, left
+
+
 def reference_dir() -> Path:
     """``$DTPINN_REFERENCE_DIR``, else ``shared/reference`` beside the repository."""
     return Path(os.environ.get("DTPINN_REFERENCE_DIR") or SHARED / "reference")

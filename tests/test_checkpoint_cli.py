@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SIZE, mount_tmpfs, mpi_env
+from conftest import REPO, SIZE, assert_no_tmp, files_under, mount_tmpfs, mpi_env
 
 # A small run whose steps are many enough that a kill after the first checkpoint lands mid-run.
 STEPS = 24
@@ -54,17 +54,6 @@ def _run(ranks, *args, timeout=300, flags=True, **popen):
     p = _start(ranks, *args, flags=flags, **popen)
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
-
-
-def _files(folder):
-    """Every file under ``folder`` (hidden ones too) -> its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
-def _no_tmp(folder):
-    left = [str(p) for p in folder.rglob("*.tmp")]
-    assert not left, left
 
 
 def _file_size_limit(nbytes):
@@ -144,10 +133,10 @@ def test_killed_run_resumes_bit_for_bit(ranks, tmp_path, tmp_path_factory):
     p.communicate(timeout=60)
     assert not (run / "metrics.json").exists()
     # a new run on that folder, neither --resume nor --overwrite: refused, nothing written
-    before = _files(run)
+    before = files_under(run)
     rc, out, err = _run(ranks, "--out", run)
     assert rc != 0 and err.count(f"resume with --resume {run}, or --overwrite") == 1, err
-    assert _files(run) == before
+    assert files_under(run) == before
     # what a write cut by SIGKILL leaves; the resumed run removes it (a stranger's .tmp stays)
     (run / ".checkpoint.pt.killed_1.tmp").write_bytes(b"half a checkpoint")
     (run / "mine.tmp").write_bytes(b"not ours")
@@ -208,7 +197,7 @@ def test_ctrl_c_under_mpirun_ends_the_job(tmp_path):
     assert rc == 0, err
     assert read(run)["state"]["step"] == STEPS
     assert not (run / ".lock").exists()
-    _no_tmp(run)
+    assert_no_tmp(run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -235,7 +224,7 @@ def test_signals_to_mpirun_stop_as_serially(sig, tmp_path):
     assert doc["stop_reason"] == f"interrupted by SIGTERM at step {n}"
     assert read(run)["state"]["step"] == n and doc["settings"]["outputs"]
     assert not (run / ".lock").exists()
-    _no_tmp(run)
+    assert_no_tmp(run)
 
 
 def _fill(disk, room):
@@ -277,13 +266,13 @@ def test_full_disk_keeps_the_checkpoint_and_the_old_run(ranks, tmp_path, tmp_pat
         if ranks == 1:
             assert len(err.strip().splitlines()) == 1, err
         assert (run / "checkpoint.pt").read_bytes() == ckpt
-        _no_tmp(run)
+        assert_no_tmp(run)
         assert not (run / ".lock").exists()
         # 16 kB: the lock, config.toml and the log fit, not a first checkpoint (36 kB)
-        before = _files(run)
+        before = files_under(run)
         rc, out, err = _run(ranks, "--out", run, "--overwrite", **full(16384))
         assert rc != 0 and err.count("no earlier checkpoint to continue from") == 1, err
-        assert _files(run) == before and not (run / ".previous-run").exists()
+        assert files_under(run) == before and not (run / ".previous-run").exists()
 
 
 def test_resume_refuses_another_run_with_one_line(tmp_path, tmp_path_factory, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mount_tmpfs
+from conftest import assert_no_tmp, files_under, mount_tmpfs
 from dtpinn_dist.atomic import OutputError, atomic_write, probe_writable
 from dtpinn_dist.outputs import OutputExistsError, RunDir, check_run_dir
 
@@ -61,11 +61,6 @@ def _read_only_dir(tmp_path: Path):
         yield d
 
 
-def _no_tmp(folder: Path):
-    left = [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp")]
-    assert not left, left
-
-
 # ------------------------------------------------------------------------------ atomic files
 def test_atomic_write_removes_its_temp_on_failure(tmp_path):
     target = tmp_path / "m.json"
@@ -75,11 +70,11 @@ def test_atomic_write_removes_its_temp_on_failure(tmp_path):
             fh.write("half")
             raise OSError(28, "No space left on device")
     assert target.read_text() == "old"  # untouched
-    _no_tmp(tmp_path)
+    assert_no_tmp(tmp_path)
     with atomic_write(target, "w") as fh:
         fh.write("new")
     assert target.read_text() == "new" and oct(target.stat().st_mode & 0o777) != "0o600"
-    _no_tmp(tmp_path)
+    assert_no_tmp(tmp_path)
 
 
 def test_probe_writable(tmp_path):
@@ -159,11 +154,6 @@ def test_two_runs_on_one_out(tmp_path):
     assert not (out / ".lock").exists()
 
 
-def _files(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
 def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     """--overwrite moves the old run's files (by name, vtk/ slices too) into .previous-run/;
     they come back when the new run ends with neither metrics.json nor a checkpoint, stay while
@@ -183,16 +173,16 @@ def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     assert not killed.exists()
     assert sorted(p.name for p in out.iterdir()) == [".lock", ".previous-run", "notes.tmp",
                                                      "vtk", "vtk.txt"]
-    assert _files(out / "vtk") == {"mydata.txt": b"mine"}
+    assert files_under(out / "vtk") == {"mydata.txt": b"mine"}
     r.file("config.toml").write_bytes(b"new cfg")  # the new run fails before any results
     r.release()
-    assert _files(out) == old and not (out / ".lock").exists()
+    assert files_under(out) == old and not (out / ".lock").exists()
     # a new run that fails holding its own checkpoint can be resumed: the old files stay aside
     # until a run here writes its results
     r = RunDir(out, overwrite=True).claim()
     r.file("checkpoint.pt").write_bytes(b"new c")
     r.release()
-    assert _files(out / ".previous-run") == {k: v for k, v in old.items() if k in (
+    assert files_under(out / ".previous-run") == {k: v for k, v in old.items() if k in (
         "metrics.json", "checkpoint.pt", "train.log", "vtk/solution_0000.vtu")}
     r = RunDir(out, resume=True).claim()
     r.file("metrics.json").write_bytes(b"resumed m")
@@ -204,7 +194,7 @@ def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     r = RunDir(out, overwrite=True).claim()
     r.file("config.toml").write_bytes(b"new cfg")
     r.abandon()
-    assert _files(out) == old and sorted(p.name for p in out.iterdir()) == sorted(
+    assert files_under(out) == old and sorted(p.name for p in out.iterdir()) == sorted(
         ["metrics.json", "checkpoint.pt", "train.log", "vtk", "notes.tmp", "vtk.txt"])
     # a run killed after setting them aside: they are still there, and no new run without
     # --overwrite takes the folder
@@ -216,9 +206,9 @@ def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     RunDir(out, overwrite=True).claim().file("metrics.json").write_bytes(b"newer m")
     (out / ".lock").unlink()
     r = RunDir(out, overwrite=True).claim()
-    assert _files(out / ".previous-run") == {"metrics.json": b"newer m"}
+    assert files_under(out / ".previous-run") == {"metrics.json": b"newer m"}
     r.release()
-    assert _files(out) == {"metrics.json": b"newer m", "vtk/mydata.txt": b"mine",
+    assert files_under(out) == {"metrics.json": b"newer m", "vtk/mydata.txt": b"mine",
                            "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
     RunDir(out, overwrite=True).claim()  # killed again, before any results
     (out / ".lock").unlink()
@@ -226,7 +216,7 @@ def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
     r = RunDir(out, overwrite=True).claim()
     r.file("metrics.json").write_bytes(b"new m")
     r.release()
-    assert _files(out) == {"metrics.json": b"new m", "vtk/mydata.txt": b"mine",
+    assert files_under(out) == {"metrics.json": b"new m", "vtk/mydata.txt": b"mine",
                            "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
     assert not (out / ".previous-run").exists()
 
@@ -239,9 +229,9 @@ def test_a_resumable_run_is_not_replaced(tmp_path):
     (out / "checkpoint.pt").write_bytes(b"step 30")
     with pytest.raises(OutputExistsError, match=f"resume with --resume {out}, or --overwrite"):
         RunDir(out).claim()
-    assert _files(out) == {"checkpoint.pt": b"step 30"}
+    assert files_under(out) == {"checkpoint.pt": b"step 30"}
     RunDir(out, resume=True).claim().release()
-    assert _files(out) == {"checkpoint.pt": b"step 30"}
+    assert files_under(out) == {"checkpoint.pt": b"step 30"}
 
 
 # ------------------------------------------------------------------------------ early failures
@@ -286,7 +276,7 @@ def test_full_disk_leaves_no_truncated_file(tmp_path):
         assert p.returncode == 2, p.stdout[-1000:] + p.stderr[-2000:]
         line = _one_line(p.stderr)
         assert "No space left on device" in line and "free disk space" in line
-        _no_tmp(small)
+        assert_no_tmp(small)
         assert not (out / ".lock").exists()
         m = json.loads((out / "metrics.json").read_text())  # written first, complete
         assert m["steps"] == 2
@@ -333,7 +323,7 @@ def test_operators_cli_refusals(tmp_path, capsys):
         assert "not writable" in _one_line(capsys.readouterr().err)
     assert main(["--domain", "disk", "--n", "200", "--out", str(tmp_path / "no" / "o.npz")]) == 2
     assert "does not exist" in _one_line(capsys.readouterr().err)
-    _no_tmp(tmp_path)
+    assert_no_tmp(tmp_path)
 
 
 def test_load_operators_validates(tmp_path):
