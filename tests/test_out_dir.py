@@ -263,6 +263,11 @@ def test_no_run_folder_after_an_early_failure(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main([*TINY, "--quiet", "--overwrite", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    from dtpinn_dist.outputs.model_io import LIFT_FILE
+    from dtpinn_dist.outputs.rundir import OUTPUT_NAMES, run_files
+    assert LIFT_FILE in OUTPUT_NAMES  # (written only with exact Dirichlet conditions)
+    assert sorted(str(p.relative_to(out)) for p in run_files(out)) == sorted(
+        set(files_under(out)) - {"vtk/mydata.txt"})  # every file the run wrote is registered
     assert not (out / "solution.pvd").exists() and not (out / ".previous-run").exists()
     assert (out / "vtk" / "mydata.txt").read_text() == "mine"
 

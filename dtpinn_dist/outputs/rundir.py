@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from ..atomic import OutputError, fsync_dir, probe_writable, temporary_target
+from .model_io import LIFT_FILE
 
 __all__ = ["RunDir", "check_run_dir", "OutputExistsError", "OutputError", "LOCK_NAME",
            "BACKUP_NAME", "default_out_dir", "OUTPUT_NAMES", "VTK_DIR", "vtk_slice_name",
@@ -46,8 +47,8 @@ BACKUP_NAME = ".previous-run"
 #: The files a run writes in its folder (besides ``VTK_DIR/vtk_slice_name(k)``): the only names
 #: ``overwrite=True`` moves aside and a failed run removes.
 OUTPUT_NAMES = ("metrics.json", "config.toml", "checkpoint.pt", "model.pt", "model.json",
-                "solution.npz", "solution.vtu", "solution.pvd", "solution.png", "error.png",
-                "history.png", "train.log")
+                LIFT_FILE, "solution.npz", "solution.vtu", "solution.pvd", "solution.png",
+                "error.png", "history.png", "train.log")
 #: The sub-folder of a time-dependent run's VTK slices.
 VTK_DIR = "vtk"
 _VTK_SLICE = re.compile(r"solution_\d{4,}\.vtu")
