@@ -5,7 +5,11 @@ goes to ``.NAME.XXXXXXXX.tmp`` in the target's folder, is flushed to the disk (`
 only then renamed over ``NAME`` (``os.replace``, atomic on POSIX within one file system); the
 folder is fsynced too, so the rename survives a power cut. On any failure (``ENOSPC``, ``EFBIG``,
 an exception in the writer) the temporary file is removed and the error is re-raised as an
-:class:`OutputError` naming the file, so no ``*.tmp`` is ever left behind by a failed write.
+:class:`OutputError` naming the file, so no ``*.tmp`` is ever left behind by a failed write. The
+cause is the operating system's (``No space left on device``, ``File too large``) even when the
+writer replaced it by its own text (torch's zip writer says ``unexpected pos``). Only a process
+killed while writing (SIGKILL, a power cut) leaves its temporary file: :func:`temporary_target`
+recognises one, so the next run in that folder removes it.
 
 The bottom layer (no package imports): the operators CLI, the run folder and the trainer's
 outputs all write through it.
@@ -15,10 +19,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["OutputError", "atomic_write", "atomic_path", "probe_writable", "fsync_dir"]
+__all__ = ["OutputError", "atomic_write", "atomic_path", "probe_writable", "fsync_dir",
+           "temporary_target", "check_out_file"]
+
+#: ``.NAME.XXXXXXXX.tmp``: the temporary file of ``NAME`` (``tempfile.mkstemp``'s 8 characters).
+_TMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 class OutputError(ValueError):
@@ -35,11 +44,47 @@ def _cause(exc: BaseException) -> str:
 
 def _fix(exc: BaseException) -> str:
     code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return "free disk space (or choose an output folder on another disk)"
+    if code == errno.EFBIG:
+        return ("the file-size limit (ulimit -f) or the file system's largest file is reached: "
+                "raise the limit (or choose an output folder on another disk)")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "choose a writable output folder"
     return "check the output path"
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name whose temporary file ``name`` is (``".metrics.json.ab12cd34.tmp"`` ->
+    ``"metrics.json"``), None when ``name`` is not one of :func:`atomic_path`'s."""
+    m = _TMP.fullmatch(name)
+    return m.group("name") if m else None
+
+
+class _RecordingFile:
+    """A file object that remembers the first ``OSError`` of a write or flush (``ENOSPC``,
+    ``EFBIG``): some writers replace it by their own message (torch's zip writer: ``unexpected
+    pos``), which says nothing about the disk. Everything else is the file's."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def write(self, data):
+        return self._call(self._fh.write, data)
+
+    def flush(self):
+        return self._call(self._fh.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
 
 
 def _umask() -> int:
@@ -106,8 +151,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", what: str = "output"
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     with atomic_path(path, what) as tmp:
-        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
-            yield fh  # closed (flushed) here; atomic_path fsyncs the file before the rename
+        fh = _RecordingFile(open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})))
+        try:
+            with fh._fh:
+                yield fh  # closed (flushed) here; atomic_path fsyncs the file before the rename
+        except Exception as exc:
+            if fh.error is not None and not isinstance(exc, OSError):
+                raise fh.error from None  # the disk's reason, not the writer's rewording
+            raise
 
 
 def check_out_file(out: str | os.PathLike, suffixes: tuple, overwrite: bool,

@@ -80,6 +80,10 @@ dtpinn_train() {
           export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
         fi
         launch+=(--map-by "slot:PE=${SLURM_CPUS_PER_TASK:-1}")
+        # mpirun passes SIGINT/SIGTERM on as SIGCONT, then SIGTERM after this many seconds, then
+        # SIGKILL after as long again (measured, Open MPI 4.1; docs/cluster.md): the default 1 s
+        # kills the ranks before they can checkpoint and write their outputs.
+        export OMPI_MCA_odls_base_sigkill_timeout="${OMPI_MCA_odls_base_sigkill_timeout:-15}"
       fi
       ;;
     *)

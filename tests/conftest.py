@@ -21,8 +21,10 @@ Environment honoured here:
     append the measured size of the tight comparisons (the ``spread`` fixture) to this file as
     JSON lines; ``tests/measure_spread.py`` runs them under 1 and 2 threads and prints the table.
 """
+import contextlib
 import io
 import json
+import subprocess
 import os
 import sys
 from pathlib import Path
@@ -75,6 +77,33 @@ def pytest_unconfigure(config):
         if _exitstatus not in (0, 5):
             text = _quiet_buffer.getvalue()
             sys.stderr.write("".join(f"[rank {RANK}] {line}\n" for line in text.splitlines()))
+
+
+@contextlib.contextmanager
+def mount_tmpfs(where: Path, size: str, readonly: bool = False):
+    """A small tmpfs at ``where`` (root only; skips where mounting is not allowed)."""
+    where.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if readonly else "")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def files_under(folder: Path) -> dict:
+    """Every file under ``folder`` (hidden ones too), as relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def assert_no_tmp(folder: Path) -> None:
+    """No ``*.tmp`` file anywhere under ``folder``."""
+    left = [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    assert not left, left
 
 
 def reference_dir() -> Path:

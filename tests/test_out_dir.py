@@ -1,7 +1,9 @@
-"""The run folder under bad conditions (issue 11, section 6): a read-only --out is refused before
-any work, two runs on one --out (the later refuses; a killed run's lock is taken over), no empty
-folder after an early failure, a full disk leaves no truncated file nor ``*.tmp``; the same for
-the operators command line. Serially and under ``mpirun -n 2``."""
+"""The run folder under bad conditions (issue 11, section 6; issue 22, section 1): a read-only
+--out is refused before any work, two runs on one --out (the later refuses; a killed run's lock is
+taken over), no empty folder after an early failure, a full disk leaves no truncated file nor
+``*.tmp``, --overwrite moves only this program's files (by name) aside and puts them back when the
+new run ends without results; the same for the operators command line. Serially and under
+``mpirun -n 2``."""
 import contextlib
 import json
 import os
@@ -15,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_no_tmp, files_under, mount_tmpfs
 from dtpinn_dist.atomic import OutputError, atomic_write, probe_writable
-from dtpinn_dist.outputs import OutputExistsError, RunDir
+from dtpinn_dist.outputs import OutputExistsError, RunDir, check_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-points", "100", "--steps", "2", "--width", "8", "--depth", "2", "--test-points",
@@ -42,21 +45,6 @@ def _one_line(stderr: str) -> str:
 
 
 @contextlib.contextmanager
-def _mount_tmpfs(where: Path, size: str, readonly: bool = False):
-    """A small tmpfs at ``where`` (root only; skips where mounting is not allowed)."""
-    where.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if readonly else "")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-@contextlib.contextmanager
 def _read_only_dir(tmp_path: Path):
     """A folder nobody can write into: chmod for users, a read-only tmpfs for root (root ignores
     permission bits)."""
@@ -69,13 +57,8 @@ def _read_only_dir(tmp_path: Path):
         finally:
             d.chmod(0o755)
         return
-    with _mount_tmpfs(d, "64k", readonly=True):
+    with mount_tmpfs(d, "64k", readonly=True):
         yield d
-
-
-def _no_tmp(folder: Path):
-    left = [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp")]
-    assert not left, left
 
 
 # ------------------------------------------------------------------------------ atomic files
@@ -87,11 +70,11 @@ def test_atomic_write_removes_its_temp_on_failure(tmp_path):
             fh.write("half")
             raise OSError(28, "No space left on device")
     assert target.read_text() == "old"  # untouched
-    _no_tmp(tmp_path)
+    assert_no_tmp(tmp_path)
     with atomic_write(target, "w") as fh:
         fh.write("new")
     assert target.read_text() == "new" and oct(target.stat().st_mode & 0o777) != "0o600"
-    _no_tmp(tmp_path)
+    assert_no_tmp(tmp_path)
 
 
 def test_probe_writable(tmp_path):
@@ -145,8 +128,10 @@ def test_two_runs_on_one_out(tmp_path):
     """A live run holds --out: a second refuses at once with one line; after the first is
     killed (-9), a third takes the folder over and finishes."""
     out = tmp_path / "shared"
+    # (no checkpoint before it is killed: a folder holding one is a run to resume, refused)
     first = subprocess.Popen([sys.executable, "-m", "dtpinn_dist.train", *TINY, "--steps",
-                              "100000", "--quiet", "--out", str(out)], cwd=ROOT, env=_env(),
+                              "100000", "--checkpoint-every", "0", "--quiet", "--out", str(out)],
+                             cwd=ROOT, env=_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
@@ -169,6 +154,86 @@ def test_two_runs_on_one_out(tmp_path):
     assert not (out / ".lock").exists()
 
 
+def test_overwrite_sets_the_old_run_aside_by_name(tmp_path):
+    """--overwrite moves the old run's files (by name, vtk/ slices too) into .previous-run/;
+    they come back when the new run ends with neither metrics.json nor a checkpoint, stay while
+    it can be resumed, and go once a run there has results. A user's
+    files (also in vtk/) and a stranger's *.tmp are never touched; a killed write's temporary
+    file of a run file is removed."""
+    out = tmp_path / "run"
+    (out / "vtk").mkdir(parents=True)
+    old = {"metrics.json": b"old m", "checkpoint.pt": b"old c", "train.log": b"old log",
+           "vtk/solution_0000.vtu": b"old v", "vtk/mydata.txt": b"mine",
+           "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
+    for k, v in old.items():
+        (out / k).write_bytes(v)
+    killed = out / ".checkpoint.pt.ab12cd_4.tmp"
+    killed.write_bytes(b"half a checkpoint")
+    r = RunDir(out, overwrite=True).claim()
+    assert not killed.exists()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ".previous-run", "notes.tmp",
+                                                     "vtk", "vtk.txt"]
+    assert files_under(out / "vtk") == {"mydata.txt": b"mine"}
+    r.file("config.toml").write_bytes(b"new cfg")  # the new run fails before any results
+    r.release()
+    assert files_under(out) == old and not (out / ".lock").exists()
+    # a new run that fails holding its own checkpoint can be resumed: the old files stay aside
+    # until a run here writes its results
+    r = RunDir(out, overwrite=True).claim()
+    r.file("checkpoint.pt").write_bytes(b"new c")
+    r.release()
+    assert files_under(out / ".previous-run") == {k: v for k, v in old.items() if k in (
+        "metrics.json", "checkpoint.pt", "train.log", "vtk/solution_0000.vtu")}
+    r = RunDir(out, resume=True).claim()
+    r.file("metrics.json").write_bytes(b"resumed m")
+    r.release()
+    assert not (out / ".previous-run").exists() and (out / "vtk" / "mydata.txt").exists()
+    for k, v in old.items():
+        (out / k).write_bytes(v)
+    # failing before training (abandon) puts them back too
+    r = RunDir(out, overwrite=True).claim()
+    r.file("config.toml").write_bytes(b"new cfg")
+    r.abandon()
+    assert files_under(out) == old and sorted(p.name for p in out.iterdir()) == sorted(
+        ["metrics.json", "checkpoint.pt", "train.log", "vtk", "notes.tmp", "vtk.txt"])
+    # a run killed after setting them aside: they are still there, and no new run without
+    # --overwrite takes the folder
+    RunDir(out, overwrite=True).claim()  # claimed, never released
+    (out / ".lock").unlink()  # as if its process were gone (kill -9)
+    with pytest.raises(OutputExistsError, match=r"\.previous-run .*--overwrite"):
+        check_run_dir(out)
+    # killed after writing its own results (metrics.json): those are the newer ones, kept aside
+    RunDir(out, overwrite=True).claim().file("metrics.json").write_bytes(b"newer m")
+    (out / ".lock").unlink()
+    r = RunDir(out, overwrite=True).claim()
+    assert files_under(out / ".previous-run") == {"metrics.json": b"newer m"}
+    r.release()
+    assert files_under(out) == {"metrics.json": b"newer m", "vtk/mydata.txt": b"mine",
+                           "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
+    RunDir(out, overwrite=True).claim()  # killed again, before any results
+    (out / ".lock").unlink()
+    # the next --overwrite run answers for them: with results, they go
+    r = RunDir(out, overwrite=True).claim()
+    r.file("metrics.json").write_bytes(b"new m")
+    r.release()
+    assert files_under(out) == {"metrics.json": b"new m", "vtk/mydata.txt": b"mine",
+                           "notes.tmp": b"mine too", "vtk.txt": b"mine as well"}
+    assert not (out / ".previous-run").exists()
+
+
+def test_a_resumable_run_is_not_replaced(tmp_path):
+    """A folder holding checkpoint.pt (a stopped or killed run) is refused without --resume or
+    --overwrite, and nothing is written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"step 30")
+    with pytest.raises(OutputExistsError, match=f"resume with --resume {out}, or --overwrite"):
+        RunDir(out).claim()
+    assert files_under(out) == {"checkpoint.pt": b"step 30"}
+    RunDir(out, resume=True).claim().release()
+    assert files_under(out) == {"checkpoint.pt": b"step 30"}
+
+
 # ------------------------------------------------------------------------------ early failures
 def test_read_only_out_is_refused_before_any_work(tmp_path, capsys):
     from dtpinn_dist.train.__main__ import main
@@ -189,26 +254,34 @@ def test_no_run_folder_after_an_early_failure(tmp_path, capsys):
     assert rc == 2 and "not finite" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "deep").exists()
     # a finished run is not replaced without --overwrite; with it, its old outputs go first
-    out.mkdir(parents=True)
+    # (a user's vtk/mydata.txt stays: only this program's files go, by name)
+    (out / "vtk").mkdir(parents=True)
     (out / "metrics.json").write_text("{}")
     (out / "solution.pvd").write_text("stale")
+    (out / "vtk" / "mydata.txt").write_text("mine")
     assert main([*TINY, "--quiet", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*TINY, "--quiet", "--overwrite", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
-    assert not (out / "solution.pvd").exists()
+    from dtpinn_dist.outputs.model_io import LIFT_FILE
+    from dtpinn_dist.outputs.rundir import OUTPUT_NAMES, run_files
+    assert LIFT_FILE in OUTPUT_NAMES  # (written only with exact Dirichlet conditions)
+    assert sorted(str(p.relative_to(out)) for p in run_files(out)) == sorted(
+        set(files_under(out)) - {"vtk/mydata.txt"})  # every file the run wrote is registered
+    assert not (out / "solution.pvd").exists() and not (out / ".previous-run").exists()
+    assert (out / "vtk" / "mydata.txt").read_text() == "mine"
 
 
 def test_full_disk_leaves_no_truncated_file(tmp_path):
     """--out on a 160 kB file system: the run fails with one line naming the file that did not
     fit; no *.tmp, and every file that is there is complete."""
-    with _mount_tmpfs(tmp_path / "small", "160k") as small:
+    with mount_tmpfs(tmp_path / "small", "160k") as small:
         out = small / "run"
         p = _cli("dtpinn_dist.train", *TINY, "--quiet", "--out", out)
         assert p.returncode == 2, p.stdout[-1000:] + p.stderr[-2000:]
         line = _one_line(p.stderr)
         assert "No space left on device" in line and "free disk space" in line
-        _no_tmp(small)
+        assert_no_tmp(small)
         assert not (out / ".lock").exists()
         m = json.loads((out / "metrics.json").read_text())  # written first, complete
         assert m["steps"] == 2
@@ -255,7 +328,7 @@ def test_operators_cli_refusals(tmp_path, capsys):
         assert "not writable" in _one_line(capsys.readouterr().err)
     assert main(["--domain", "disk", "--n", "200", "--out", str(tmp_path / "no" / "o.npz")]) == 2
     assert "does not exist" in _one_line(capsys.readouterr().err)
-    _no_tmp(tmp_path)
+    assert_no_tmp(tmp_path)
 
 
 def test_load_operators_validates(tmp_path):

@@ -150,6 +150,10 @@ def test_time_dependent_outputs_and_predict(tmp_path):
                   str(out)]) == 0
     text = (out / "solution.pvd").read_text()
     assert text.count("<DataSet") == 4 and 'timestep="0.5"' not in text  # 0, 1/3, 2/3, 1
+    # every file the run wrote is in the run folder's registry (what --overwrite moves aside)
+    from dtpinn_dist.outputs.rundir import run_files
+    assert sorted(str(p.relative_to(out)) for p in run_files(out)) == sorted(
+        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     run = load_run(out)
     assert run.time_dependent and run.inputs == ["x", "y", "t"]
     with np.load(out / "solution.npz", allow_pickle=False) as z:

@@ -7,8 +7,10 @@ training loop polls :attr:`StopSignals.caught` between steps and, under MPI, agr
 other ranks on it (one ``allgather``), so every rank stops after the same step.
 
 Which signals: SIGINT (Ctrl-C), SIGTERM (``kill``, ``scancel``, Slurm's time limit, OpenMPI's
-``mpirun`` after its own SIGINT), SIGUSR1 (what the job scripts forward when Slurm warns with
-``--signal=B:USR1@120``, and what ``mpirun`` and ``srun`` pass on to the ranks).
+``mpirun`` after its own SIGINT or SIGTERM: ``odls_base_sigkill_timeout`` seconds later, default
+1, and SIGKILL as long after that -- docs/cluster.md), SIGUSR1 (what the job scripts forward when
+Slurm warns with ``--signal=B:USR1@120``, and what ``mpirun`` and ``srun`` pass on to the ranks
+at once).
 A second SIGINT while the first is pending raises ``KeyboardInterrupt`` at once (abandoning the
 step); a second SIGTERM or SIGUSR1 is recorded again and changes nothing.
 """

@@ -10,7 +10,9 @@ The file format, the fingerprint check and the atomic write are the library's
   stops (budget, Ctrl-C, SIGTERM, Slurm's SIGUSR1 warning) and at the end;
 * ``RUN/config.toml``, the resolved settings the run wrote when it started: ``--resume DIR``
   reads it, so ``--resume DIR`` alone continues the run with the same settings;
-* exit status ``128 + signal`` (130 for Ctrl-C) when a signal stopped the run, as shells do.
+* exit status ``128 + signal`` (130 for Ctrl-C) when a signal stopped the run, as shells do;
+* a checkpoint that cannot be written (full disk, file-size limit) ends the run with one line
+  naming the cause and the checkpoint that is kept (:func:`write_failed_message`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from ..optimizer.checkpoint import CHECKPOINT_FILE
 
-__all__ = ["CHECKPOINT_FILE", "checkpoint_path", "stop_message", "exit_status"]
+__all__ = ["CHECKPOINT_FILE", "checkpoint_path", "stop_message", "exit_status",
+           "write_failed_message"]
 
 
 def checkpoint_path(run_dir) -> Path:
@@ -38,6 +41,16 @@ def stop_message(result, run_dir) -> str | None:
     held = "" if result.checkpoint_step == result.steps else \
         f" (the step in progress was abandoned; the checkpoint holds step {result.checkpoint_step})"
     return f"{what} at step {result.steps}{held}; resume with --resume {run_dir}"
+
+
+def write_failed_message(error, kept_step, run_dir) -> str:
+    """One line for a checkpoint write that failed (``error``: the write's one line, e.g. ``cannot
+    write checkpoint RUN/checkpoint.pt: No space left on device; free disk space ...``): the
+    previous checkpoint (of step ``kept_step``, None when there is none) is intact."""
+    if kept_step is None:
+        return f"{error}; no earlier checkpoint to continue from (start again)"
+    return (f"{error}; the checkpoint of step {kept_step} is kept: resume with --resume "
+            f"{run_dir}")
 
 
 def exit_status(result) -> int:

@@ -17,6 +17,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write
+from .rundir import VTK_DIR, vtk_slice_name
 from .solution import SolutionFields
 
 __all__ = ["write_vtk"]
@@ -57,16 +58,16 @@ def write_vtk(folder, fields: SolutionFields, created=None) -> list[Path]:
         note(path)
         _write_vtu(meshio, path, fields.points, _point_data(fields.u, fields.u_exact))
         return [path]
-    sub = folder / "vtk"
+    sub = folder / VTK_DIR
     note(sub)
     sub.mkdir(exist_ok=True)
     written, entries = [], []
     for k, (t, u, ue) in enumerate(fields.slices()):
-        path = sub / f"solution_{k:04d}.vtu"
+        path = sub / vtk_slice_name(k)
         _write_vtu(meshio, path, fields.points, _point_data(u, ue))
         written.append(path)
         entries.append(f'    <DataSet timestep={quoteattr(repr(t))} part="0" '
-                       f'file={quoteattr(f"vtk/{path.name}")}/>')
+                       f'file={quoteattr(f"{VTK_DIR}/{path.name}")}/>')
     pvd = folder / "solution.pvd"
     note(pvd)
     text = ('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n'

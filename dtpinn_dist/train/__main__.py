@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="output directory (default runs/<timestamp>; "
                    "with --resume DIR: DIR)")
     r.add_argument("--overwrite", action="store_true",
-                   help="replace an existing metrics.json in --out")
+                   help="replace the run in --out (finished or stopped); its files are set "
+                        "aside in OUT/.previous-run/ until this run has results")
     r.add_argument("--quiet", action="store_true",
                    help="no progress on the terminal (RUN/train.log still gets every line)")
     _add_checkpoint_flags(r)
@@ -441,7 +442,7 @@ def run(args, log=None) -> dict:
         _progress_on_evaluate(trainer, log)
         if comm.rank == 0 and hasattr(log, "start"):
             log.start(sum(n for _, n in trainer.phases))
-        result = trainer.train()
+        result = _train(trainer)
         if hasattr(log, "close_bar"):
             log.close_bar()  # the lines after training print plainly
         result.error_split = _error_split(disc, trainer.model, log)  # collective
@@ -511,6 +512,19 @@ def _trainer(args, disc, cfg, rundir, log):
         if comm.rank == 0:
             log(f"resumed from {args.resume} at step {trainer.step_count}")
     return trainer
+
+
+def _train(trainer):
+    """``trainer.train()``; a checkpoint that cannot be written (full disk) is one line saying
+    which checkpoint is kept and how to continue (every rank raises it)."""
+    from ..optimizer import CheckpointError
+    from ..outputs.checkpoint import write_failed_message
+
+    try:
+        return trainer.train()
+    except CheckpointError as exc:
+        raise UserError(write_failed_message(exc, trainer.checkpoint_step,
+                                             trainer.checkpoint.parent)) from None
 
 
 def _report_stop(result, run_dir) -> None:
