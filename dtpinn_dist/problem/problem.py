@@ -19,7 +19,7 @@ import sympy
 
 from .conditions import as_condition
 from .expressions import SYMBOLS, ExpressionError, parse_safe
-from .forms import AXES, Form, param_value, parse_form
+from .forms import AXES, MAX_ORDER, Form, param_value, parse_form
 
 __all__ = ["Problem", "Analysis", "DEFAULT_PART"]
 
@@ -154,6 +154,11 @@ class Problem:
             return self._cache[dim]
         time = self.time_dependent
         pde = parse_form(self.pde, dim, time=time, params=self.params, what="PDE")
+        if pde.theta > MAX_ORDER:
+            raise ExpressionError(
+                f"the PDE {self.pde!r} is of order {pde.theta} (lap(lap(u))): a fourth-order "
+                "problem needs two conditions on each boundary part (e.g. u and dn(u)), and a "
+                "boundary part takes one condition here; declare a second-order PDE")
         if time and not pde.time_order:
             raise ExpressionError(f"time={self.time} is given but the PDE {self.pde!r} has no "
                                   "dt(u); drop time= for a steady problem")
