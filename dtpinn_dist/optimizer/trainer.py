@@ -644,6 +644,7 @@ class Trainer:
         order, method, dtype, rank count or network (:class:`~.checkpoint.CheckpointMismatch`),
         or when its schedule phase is not the same optimizer here.
         """
+        ckpt.check_state(state, source)
         fp = state.get("fingerprint")
         if fp is not None:
             diffs = ckpt.compare(fp, self.fingerprint())
@@ -651,6 +652,7 @@ class Trainer:
                 raise ckpt.CheckpointMismatch(
                     f"{source} is from a different run: {'; '.join(diffs)}; continue it with the "
                     "settings it was written with, or start a new run in another folder")
+        ckpt.check_shapes(state, self.model, source)
         op = int(state.get("optimizer_phase", state.get("phase", 0)))
         phase = int(state.get("phase", op))
         name = state.get("optimizer_name", self.phases[0][0])
