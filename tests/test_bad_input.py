@@ -314,3 +314,15 @@ def test_mpi_refusals_once_exit_2(tmp_path, mpirun, args, needle, monkeypatch):
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.count(needle) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "o").exists()
+
+
+def test_bilaplacian_by_autograd_without_graph():
+    """The metrics path (create_graph=False) of lap(lap(u)) used to fail with "element 0 of
+    tensors does not require grad"; d4/dx4 x^4 + 2 d2/dx2 d2/dy2 x^2 y^2 = 24 + 8."""
+    from dtpinn_dist.problem.autograd import autograd_fields
+
+    P = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = autograd_fields(lambda X: (X[:, 0] ** 4 + X[:, 0] ** 2 * X[:, 1] ** 2).reshape(-1, 1),
+                          P, 2, {"bilap"}, create_graph=False)
+    # integer coefficients times x^0 and y^0: exact in floating point
+    assert torch.equal(out["bilap"], torch.full((5,), 32.0, dtype=torch.float64))
