@@ -117,7 +117,8 @@ def test_conflicting_cloud_flags(tmp_path, capsys, extra, needle):
     ("[cloud]\nnodes = 'c.npz'\nn_points = 500",
      "--nodes ([cloud] nodes in"),
     ("[cloud]\ntest_nodes = 'c.npz'\ntest_points = 50\nn_points = 100",
-     "--test-nodes ([cloud] test_nodes in"),
+     "[cloud] test_nodes and --test-points ([cloud] test_points in"),
+    ("[cloud]\nnodes = 'c.mat'\nn = 0", "[cloud] n 0 is out of range"),
 ])
 def test_config_file_refusals(tmp_path, capsys, text, needle):
     cfg = tmp_path / "c.toml"
@@ -285,6 +286,14 @@ def test_checkpoint_optimizer_vectors_checked(tmp_path):
     check_shapes(state, tr.model)  # its own state fits
     state["optimizer"]["state"][0]["d"] = torch.zeros(7, dtype=torch.float64)
     with pytest.raises(CheckpointError, match=r"optimizer state d is shape \[7\]"):
+        tr.load_state_dict(state)
+    state = tr.state_dict()
+    state["optimizer"]["param_groups"][0]["params"] = [0, 1]
+    with pytest.raises(CheckpointError, match="its lbfgs state does not fit this run"):
+        tr.load_state_dict(state)
+    state = tr.state_dict()
+    state["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+    with pytest.raises(CheckpointError, match="rng is .* but must be"):
         tr.load_state_dict(state)
 
 

@@ -141,7 +141,8 @@ _FIELDS = {
         v.get("params"), torch.Tensor) and isinstance(v.get("where"), (dict, type(None)))),
                       "None or {params: tensor, where: dict or None}"),
     "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor)
-            and v["torch"].dtype == torch.uint8, "{torch: a uint8 tensor}"),
+            and v["torch"].dtype == torch.uint8
+            and v["torch"].shape == torch.get_rng_state().shape, "{torch: torch's RNG state}"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v),
                 "a list of dicts"),
     "fingerprint": (lambda v: isinstance(v, dict), "a dict"),

@@ -315,6 +315,7 @@ class Trainer:
         self.eval_time = 0.0
         self.history: list[dict] = []
         self._last_loss = math.nan
+        self._nonfinite = False  # a closure evaluation of the step in progress was not finite
         # the restore point: the parameters with the lowest loss seen, and where they are from
         self._best_params = self._flat()
         self._best = None  # {"step", "evaluation", "loss"} once a loss was seen
@@ -403,6 +404,7 @@ class Trainer:
         first = self.evals == self._evals0 + 1
         self._note_loss(float(loss), self.step_count if first else self.step_count + 1)
         if not torch.isfinite(loss):
+            self._nonfinite = True  # seen during the step in progress
             # zero gradient makes L-BFGS return at once instead of iterating on NaNs
             for p in self.params:
                 p.grad.zero_()
@@ -494,6 +496,7 @@ class Trainer:
             start = self._flat()
             t0 = time.perf_counter()
             self._evals0 = evals0 = self.evals
+            self._nonfinite = False
             try:
                 if getattr(self.optimizer, "self_evaluating", False):
                     lm_evals = self.optimizer.evals
@@ -508,8 +511,9 @@ class Trainer:
                 # a NaN/inf trial point breaks torch's line search (its bracket logic assumes
                 # finite losses): the run ends below with the last sane parameters. The loss is
                 # a global sum, so every rank fails here alike.
-                if math.isfinite(self._last_loss):
+                if not self._nonfinite:
                     raise
+                self._last_loss = math.nan
             except KeyboardInterrupt:
                 # a second Ctrl-C: give the step up. Under MPI the other ranks may be inside a
                 # collective of this step: only ending the job is safe (the caller aborts).
@@ -667,7 +671,13 @@ class Trainer:
         self._set_optimizer(op)
         fresh = getattr(self.optimizer, "param_groups", None)
         settings = [{k: v for k, v in g.items() if k != "params"} for g in fresh or []]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            from ..resources import one_line
+            raise ckpt.CheckpointError(
+                f"{source}: its {name} state does not fit this run ({one_line(exc)}); resume "
+                "from another checkpoint or start a new run") from None
         for g, s in zip(getattr(self.optimizer, "param_groups", []), settings):
             g.update(s)  # settings from this run's config, state from the checkpoint
         rng = state.get("rng", {"torch": state.get("rng_torch")})

@@ -300,18 +300,15 @@ def given_dests(parser, argv) -> set:
 
 def _setting_name(dest: str, file_values: dict) -> str:
     """``--flag`` of ``dest``, with its TOML key when the file set it (``--threads ([run]
-    threads in FILE)``)."""
+    threads in FILE)``); a file-only setting by its key (``[cloud] n``)."""
+    key = next((f"[{t}] {k}" if k2 is None else f"[{t}.{k}] {k2}"
+                for t, schema in SCHEMA.items() for k, d in (schema or {}).items()
+                for k2, d2 in (d.items() if isinstance(d, dict) else [(None, d)])
+                if d2 == dest), dest)
+    if dest in EXTRA_DESTS:
+        return key
     flag = "--" + dest.replace("_", "-")
-    if dest not in file_values:
-        return flag
-    for table, schema in SCHEMA.items():
-        for key, d in (schema or {}).items():
-            sub = d.items() if isinstance(d, dict) else [(None, d)]
-            for k2, d2 in sub:
-                if d2 == dest:
-                    where, name = (table, key) if k2 is None else (f"{table}.{key}", k2)
-                    return f"{flag} ([{where}] {name} in {file_values.get('config_path')})"
-    return flag
+    return f"{flag} ({key} in {file_values.get('config_path')})" if dest in file_values else flag
 
 
 def check_settings(args, file_values: dict | None = None) -> None:
