@@ -335,3 +335,19 @@ def test_bilaplacian_by_autograd_without_graph():
                           P, 2, {"bilap"}, create_graph=False)
     # integer coefficients times x^0 and y^0: exact in floating point
     assert torch.equal(out["bilap"], torch.full((5,), 32.0, dtype=torch.float64))
+
+
+def test_fourth_order_discretises_but_is_not_trained_or_solved():
+    """lap(lap(u)) has its RBF-FD operator (the paper's Fig. 7 applies it), but one condition
+    per boundary part does not pose it: training and the direct solve refuse it in one line."""
+    from dtpinn_dist.geometry import make_cloud
+    from dtpinn_dist.optimizer.trainer import TrainConfig, Trainer
+    from dtpinn_dist.problem import Dirichlet, Problem, discretize, solve_discrete
+
+    problem = Problem("lap(lap(u))", bc=Dirichlet(g="0"), f="0")
+    assert problem.order == 4 and Problem("lap(u)", bc=Dirichlet(g="0"), f="0").order == 2
+    disc = discretize(problem, make_cloud("disk", n=120, seed=0), 3)
+    for run in (lambda: Trainer(disc, TrainConfig(steps=1, verbose=False)),
+                lambda: solve_discrete(disc)):
+        with pytest.raises(ValueError, match="needs two conditions on each boundary part"):
+            run()

@@ -288,6 +288,7 @@ class Trainer:
         self.comm = disc.comm
         self.log = log
         dtype = disc.dtype
+        disc.problem.check_well_posed()
         self.phases = parse_schedule(cfg.schedule) if cfg.schedule else [(cfg.optimizer, cfg.steps)]
         _check_memory(disc, cfg, self.phases, model, checkpoint is not None)
         if model is None:

@@ -133,7 +133,19 @@ class Problem:
         self._cache = {}
         # Syntax and names are checked now (in 3D, the superset); what depends on the dimension
         # (dz in 2D) when the problem meets a cloud.
-        self.analyse(3, check_only=True)
+        #: highest spatial derivative order of the PDE (4 for lap(lap(u)))
+        self.order = self.analyse(3, check_only=True).pde.theta
+
+    def check_well_posed(self) -> None:
+        """Refuse, in one line, a problem that can be declared and discretised (its operators
+        exist: ``lap(lap(u))`` gives the RBF-FD ``bilap``) but not posed for solving or training:
+        a fourth-order PDE needs two conditions on each boundary part, and a part takes one
+        condition here. Called by the trainer, the direct solve and the command line."""
+        if self.order > MAX_ORDER:
+            raise ExpressionError(
+                f"the PDE {self.pde!r} is of order {self.order} (lap(lap(u))): a fourth-order "
+                "problem needs two conditions on each boundary part (e.g. u and dn(u)), and a "
+                "boundary part takes one condition here; declare a second-order PDE")
 
     @property
     def time_dependent(self) -> bool:
@@ -154,11 +166,6 @@ class Problem:
             return self._cache[dim]
         time = self.time_dependent
         pde = parse_form(self.pde, dim, time=time, params=self.params, what="PDE")
-        if pde.theta > MAX_ORDER:
-            raise ExpressionError(
-                f"the PDE {self.pde!r} is of order {pde.theta} (lap(lap(u))): a fourth-order "
-                "problem needs two conditions on each boundary part (e.g. u and dn(u)), and a "
-                "boundary part takes one condition here; declare a second-order PDE")
         if time and not pde.time_order:
             raise ExpressionError(f"time={self.time} is given but the PDE {self.pde!r} has no "
                                   "dt(u); drop time= for a steady problem")

@@ -372,6 +372,7 @@ def run(args, log=None) -> dict:
                         "vanilla PINNs")
     try:
         problem = _problem(args)
+        problem.check_well_posed()  # before the cloud is read
     except (ExpressionError, ValueError) as exc:
         raise UserError(_flagged(exc)) from None
     # the output folder is checked before any work (writable, not finished, not in use)
