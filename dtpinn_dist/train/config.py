@@ -43,9 +43,9 @@ from pathlib import Path
 
 from ..resources import regular_file
 
-__all__ = ["ConfigFileError", "SCHEMA", "INT_RANGES", "check_settings", "read_config", "apply_config", "given_dests",
-           "build_domain", "resolved_config", "bc_conditions", "CONDITION_KEYS",
-           "MAX_CONFIG_BYTES", "EXTRA_DESTS"]
+__all__ = ["ConfigFileError", "SCHEMA", "INT_RANGES", "check_settings", "read_config",
+           "apply_config", "given_dests", "build_domain", "resolved_config", "bc_conditions",
+           "CONDITION_KEYS", "MAX_CONFIG_BYTES", "EXTRA_DESTS"]
 
 #: A configuration file larger than this is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
@@ -376,10 +376,11 @@ def _check_cloud_sources(args, given: set, file_values: dict) -> None:
     pairs = []
     if args.nodes is not None:
         if args.n_points is not None:
-            pairs.append(("nodes", "n_points", "one reads a cloud file, the other generates one"))
+            pairs.append(("nodes", "n_points", "clouds", "one reads a cloud file, the other "
+                          "generates one"))
         if domain_set:
-            pairs.append(("nodes", "domain", "the file's cloud has its own domain; the domain "
-                          "is for a generated cloud"))
+            pairs.append(("nodes", "domain", "clouds", "the file's cloud has its own domain; the "
+                          "domain is for a generated cloud"))
     else:
         for dest in ("index", "nodes_n"):
             if getattr(args, dest, None) is not None:
@@ -387,13 +388,13 @@ def _check_cloud_sources(args, given: set, file_values: dict) -> None:
                                  "--nodes, but the cloud here is generated; drop "
                                  f"{name(dest)} or give --nodes FILE.mat")
     if getattr(args, "test_nodes", None) is not None and args.test_points is not None:
-        pairs.append(("test_nodes", "test_points", "one reads the test set from a file, the "
-                      "other generates one"))
+        pairs.append(("test_nodes", "test_points", "test sets", "one reads the test set from a "
+                      "file, the other generates one"))
     if getattr(args, "test_index", None) is not None and getattr(args, "test_nodes", None) is None:
         raise ValueError(f"{name('test_index')} picks a node set of the test_nodes file, but no "
                          "test_nodes file is given; drop it or give test_nodes")
-    for a, b, why in pairs:
-        raise ValueError(f"{name(a)} and {name(b)} name two different clouds ({why}); drop one")
+    for a, b, what, why in pairs:
+        raise ValueError(f"{name(a)} and {name(b)} name two different {what} ({why}); drop one")
 
 
 # ------------------------------------------------------------------------------ building
