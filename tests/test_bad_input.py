@@ -314,10 +314,15 @@ def test_mpi_deep_toml_ends_the_job(tmp_path, mpirun, n):
     (["--pde", "lap(u) + u**u**u**u"], "the loss is not finite at the initial network"),
     (["--width", "3000", "--depth", "6"], "L-BFGS state (--history-size)"),
     (["--nodes", "c.npz", "--n-points", "100"], "name two different clouds"),
+    (["--nodes", "LIE"], "375000000 as declared"),  # read by rank 0 alone: its abort ends all
 ])
 def test_mpi_refusals_once_exit_2(tmp_path, mpirun, args, needle, monkeypatch):
     monkeypatch.setenv("DTPINN_MEMORY_LIMIT", "4G")
-    p = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", *TINY, "--out",
+    lie = _zip(tmp_path / "lie.npz", {"interior": _npy((375_000_000, 2)),
+                                      "boundary": _npy((10, 2)), "normals": _npy((10, 2))})
+    size = TINY[2:] if "--nodes" in args else TINY  # one cloud source
+    args = [str(lie) if a == "LIE" else a for a in args]
+    p = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", *size, "--out",
                    str(tmp_path / "o"), *args], timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.count(needle) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
