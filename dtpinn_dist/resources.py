@@ -17,8 +17,8 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["ResourceError", "available_memory", "check_memory", "format_bytes", "parse_bytes",
-           "one_line", "regular_file"]
+__all__ = ["ResourceError", "available_memory", "check_memory", "check_memory_parts",
+           "format_bytes", "parse_bytes", "one_line", "regular_file", "npz_declared"]
 
 _SUFFIX = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -133,6 +133,41 @@ def check_memory(nbytes: float, what: str, fix: str | None = None,
         raise ResourceError(f"{what} would need about {format_bytes(nbytes)} of memory "
                             f"(estimate), but only {format_bytes(avail)} is available{tail}")
     return nbytes
+
+
+def check_memory_parts(parts: dict, what: str, fix: str | None = None,
+                       limit: int | None = None) -> float:
+    """:func:`check_memory` of the sum of named parts (``{"L-BFGS history (--history-size)":
+    bytes, ...}``); the message lists the parts, largest first, so it says which setting to
+    change. Returns the total."""
+    total = float(sum(float(v) for v in parts.values()))  # inf when a part overflowed
+    big = sorted(((float(v), k) for k, v in parts.items() if float(v) > 0), reverse=True)
+    shown = ", ".join(f"{k} {format_bytes(v) if v < float('inf') else 'overflows'}"
+                      for v, k in big)
+    return check_memory(total, f"{what} ({shown})" if shown else what, fix, limit)
+
+
+def npz_declared(zf) -> dict:
+    """What each array of an open ``.npz`` (a :class:`zipfile.ZipFile`) declares, read from the
+    zip directory and each member's ``.npy`` header only (no array data is decompressed):
+    ``{name: (shape, dtype, nbytes)}`` with ``nbytes`` the larger of the member's uncompressed
+    size and what its header's shape and dtype need (numpy allocates that before reading, however
+    small the file is). Raises ``ValueError`` for a member that is not a readable ``.npy``."""
+    import numpy as np
+
+    out = {}
+    for info in zf.infolist():
+        name = info.filename.removesuffix(".npy")
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = reader(fh)
+        count = 1.0
+        for k in shape:
+            count *= float(k)
+        out[name] = (shape, dtype, max(float(info.file_size), count * dtype.itemsize))
+    return out
 
 
 def one_line(exc: BaseException) -> str:

@@ -61,37 +61,42 @@ def test_config_file_kinds_refused(tmp_path):
 
 
 def test_flags_override_the_file(tmp_path):
-    p = _write(tmp_path, """
+    body = """
 [training]
 steps = 7
 lr = 0.5
 [cloud]
 nodes = "clouds/c.npz"
-[cloud.domain]
-type = "annulus"
-r_inner = 0.3
 [bc."*"]
 type = "robin"
 alpha = 2.0
 g = "1"
 [bc.inner]
 type = "neumann"
-""")
+"""
+    p = _write(tmp_path, body)
     args, _ = parse_args(["--config", str(p)])
-    assert args.steps == 7 and args.lr == 0.5 and args.domain == "annulus"
-    assert args.domain_params == {"r_inner": 0.3}
+    assert args.steps == 7 and args.lr == 0.5
     assert args.nodes == str(tmp_path / "clouds" / "c.npz")  # relative to the file
     assert args.bc_table["*"] == {"type": "robin", "alpha": 2.0, "g": "1"}
     # flags win; the flag for one source clears the file's other source
     args, _ = parse_args(["--config", str(p), "--steps", "3", "--n-points", "50",
-                          "--bc", "dirichlet", "--domain", "disk"])
+                          "--bc", "dirichlet"])
     assert args.steps == 3 and args.lr == 0.5
     assert args.n_points == 50 and args.nodes is None
-    assert args.domain == "disk" and args.domain_params is None
     assert args.bc_table["*"] == {"type": "dirichlet"} and args.bc_table["inner"]["type"] == \
         "neumann"
     args, _ = parse_args(["--config", str(p), "--g", "0"])
     assert args.bc_table["*"] == {"type": "robin", "alpha": 2.0, "g": "0"}
+    # a generated cloud's domain in the file: --domain replaces it, --nodes drops it
+    p2 = _write(tmp_path, body.replace('nodes = "clouds/c.npz"', "n_points = 300\n"
+                                       "[cloud.domain]\ntype = \"annulus\"\nr_inner = 0.3"), name="c2.toml")
+    args, _ = parse_args(["--config", str(p2)])
+    assert args.domain == "annulus" and args.domain_params == {"r_inner": 0.3}
+    args, _ = parse_args(["--config", str(p2), "--domain", "disk"])
+    assert args.domain == "disk" and args.domain_params is None and args.n_points == 300
+    args, _ = parse_args(["--config", str(p2), "--nodes", "c.npz"])
+    assert args.nodes == "c.npz" and args.n_points is None and args.domain_params is None
 
 
 @pytest.mark.parametrize("flag", sorted({d for t in SCHEMA.values() if t for d in

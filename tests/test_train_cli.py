@@ -57,7 +57,8 @@ def test_cli_bad_input_one_line(tmp_path, capsys, args, needle):
         from dtpinn_dist.operators.cupy_csr import cupy_available
         if cupy_available()[0]:
             pytest.skip("cupy present")
-    rc = main(["--n-points", "60", "--steps", "1", "--out", str(tmp_path / "o"), *args])
+    size = [] if "--nodes" in args else ["--n-points", "60"]  # one cloud source
+    rc = main([*size, "--steps", "1", "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
     assert rc != 0
     assert "Traceback" not in err
@@ -155,6 +156,6 @@ def test_mpi_bad_input_reported_once_without_hang(tmp_path, mpirun):
     p = mpirun(2, [sys.executable, "-m", "dtpinn_dist.train", "--n-points", "60", "--width",
                    "0", "--out", str(tmp_path / "o")])
     assert p.returncode != 0
-    assert p.stderr.count("width = 0") == 1, p.stderr
+    assert p.stderr.count("--width 0 is out of range") == 1, p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()

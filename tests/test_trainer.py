@@ -62,18 +62,19 @@ def test_adam_runs_and_learns(cloud):
     assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
 
 
-def test_nan_loss_stops_and_restores(cloud):
+def test_nan_loss_at_the_start_is_refused_before_training(cloud):
     disc = _disc(cloud)
-    # a network whose output is NaN: the loss is NaN at the first evaluation
+    # a network whose output is NaN: the loss is NaN at the first evaluation, refused naming the
+    # term before the optimizer runs (a NaN inside the line search: tests/test_bad_input.py)
     from dtpinn_dist.model import MLP
     model = MLP(2, 20, 3, seed=0)
     with torch.no_grad():
         model.layers[-1].bias.fill_(float("nan"))
-    tr = Trainer(disc, _cfg(steps=5), model=model)
-    before = [p.detach().clone() for p in tr.model.parameters()]
-    res = tr.train()
-    assert res.steps == 1 and "non-finite" in res.stop_reason
-    for p, q in zip(tr.model.parameters(), before):
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"the loss is not finite at the initial network "
+                                         r"\(pde term nan, bc term nan\): the pde term"):
+        Trainer(disc, _cfg(steps=5), model=model)
+    for p, q in zip(model.parameters(), before):
         assert torch.equal(p.nan_to_num(7.0), q.nan_to_num(7.0))
 
 

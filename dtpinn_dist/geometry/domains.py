@@ -51,6 +51,39 @@ def _closed_curve(curve, spacing: float, n_fine: int = 20000):
     return np.interp(target, s, t)
 
 
+#: Bounds of a domain's lengths and coordinates: lengths in [1/MAX_EXTENT, MAX_EXTENT], and
+#: |coordinate| <= MAX_EXTENT (areas, perimeters and node spacings then stay far from overflow).
+MAX_EXTENT = 1e6
+
+
+def _length(cls: str, name: str, v) -> float:
+    """A domain's length parameter as a float: finite, positive and within :data:`MAX_EXTENT`,
+    else one ``ValueError`` line naming the domain, the parameter and the range."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{cls} {name} = {v!r}: give a number") from None
+    if not (1.0 / MAX_EXTENT <= f <= MAX_EXTENT):
+        raise ValueError(f"{cls} {name} = {v!r}: give a finite length from {1 / MAX_EXTENT:g} "
+                         f"to {MAX_EXTENT:g} (rescale the problem)")
+    return f
+
+
+def _point(cls: str, name: str, v, dim: int) -> np.ndarray:
+    """A domain's point (a centre, a corner, a vertex list) as a float array: ``dim``
+    coordinates each, finite and within :data:`MAX_EXTENT`."""
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{cls} {name} = {v!r}: give numbers") from None
+    if a.ndim == 0 or a.shape[-1] != dim:
+        raise ValueError(f"{cls} {name} = {v!r}: give {dim} coordinates per point")
+    if not (np.isfinite(a).all() and np.abs(a).max() <= MAX_EXTENT):
+        raise ValueError(f"{cls} {name} = {v!r}: coordinates must be finite, of size at most "
+                         f"{MAX_EXTENT:g} (rescale the problem)")
+    return a
+
+
 def _one_part(points: np.ndarray) -> np.ndarray:
     return np.zeros(len(points), dtype=np.int64)
 
@@ -84,8 +117,8 @@ class Disk(Domain):
     dim = 2
 
     def __init__(self, radius: float = 1.0, center=(0.0, 0.0)):
-        self.radius = float(radius)
-        self.center = np.asarray(center, dtype=np.float64)
+        self.radius = _length("disk", "radius", radius)
+        self.center = _point("disk", "center", center, 2)
         self.volume = np.pi * self.radius ** 2
         self.boundary_measure = 2.0 * np.pi * self.radius
 
@@ -108,8 +141,8 @@ class Ellipse(Domain):
     dim = 2
 
     def __init__(self, a: float = 1.0, b: float = 0.5, center=(0.0, 0.0)):
-        self.a, self.b = float(a), float(b)
-        self.center = np.asarray(center, dtype=np.float64)
+        self.a, self.b = _length("ellipse", "a", a), _length("ellipse", "b", b)
+        self.center = _point("ellipse", "center", center, 2)
         self.volume = np.pi * self.a * self.b
         t = np.linspace(0, 2 * np.pi, 20001)
         self.boundary_measure = float(np.sum(np.hypot(np.diff(self.a * np.cos(t)),
@@ -137,10 +170,14 @@ class Star(Domain):
     dim = 2
 
     def __init__(self, a: float = 1.0, b: float = 0.2, k: int = 5, center=(0.0, 0.0)):
+        a = _length("star", "a", a)
+        b = 0.0 if b == 0 else _length("star", "b", b)
         if not 0 <= b < a:
             raise ValueError(f"Star needs 0 <= b < a (got a={a}, b={b}) so that r(theta) > 0")
-        self.a, self.b, self.k = float(a), float(b), int(k)
-        self.center = np.asarray(center, dtype=np.float64)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 64:
+            raise ValueError(f"star k = {k!r}: give a whole number of points from 1 to 64")
+        self.a, self.b, self.k = a, b, int(k)
+        self.center = _point("star", "center", center, 2)
         self.volume = np.pi * (self.a ** 2 + 0.5 * self.b ** 2)
         t = np.linspace(0, 2 * np.pi, 20001)
         self.boundary_measure = float(np.sum(np.linalg.norm(np.diff(self._curve(t), axis=0),
@@ -182,10 +219,12 @@ class Annulus(Domain):
     tag_names = {"outer": 0, "inner": 1}
 
     def __init__(self, r_inner: float = 0.5, r_outer: float = 1.0, center=(0.0, 0.0)):
+        r_inner = _length("annulus", "r_inner", r_inner)
+        r_outer = _length("annulus", "r_outer", r_outer)
         if not 0 < r_inner < r_outer:
             raise ValueError(f"Annulus needs 0 < r_inner < r_outer (got {r_inner}, {r_outer})")
-        self.r_inner, self.r_outer = float(r_inner), float(r_outer)
-        self.center = np.asarray(center, dtype=np.float64)
+        self.r_inner, self.r_outer = r_inner, r_outer
+        self.center = _point("annulus", "center", center, 2)
         self.volume = np.pi * (self.r_outer ** 2 - self.r_inner ** 2)
         self.boundary_measure = 2 * np.pi * (self.r_outer + self.r_inner)
 
@@ -225,7 +264,7 @@ class Polygon(Domain):
     dim = 2
 
     def __init__(self, vertices, names=None):
-        v = np.asarray(vertices, dtype=np.float64)
+        v = _point("polygon", "vertices", vertices, 2)
         if v.ndim != 2 or v.shape[1] != 2 or len(v) < 3:
             raise ValueError(f"Polygon needs an (n >= 3, 2) vertex array, got shape {v.shape}")
         n = len(v)
@@ -299,7 +338,7 @@ class Rectangle(Polygon):
     """
 
     def __init__(self, lo=(0.0, 0.0), hi=(1.0, 1.0)):
-        (x0, y0), (x1, y1) = lo, hi
+        (x0, y0), (x1, y1) = _point("rectangle", "lo", lo, 2), _point("rectangle", "hi", hi, 2)
         if not (x0 < x1 and y0 < y1):
             raise ValueError(f"Rectangle needs lo < hi componentwise (got {lo}, {hi})")
         super().__init__([(x0, y0), (x1, y0), (x1, y1), (x0, y1)],
@@ -318,8 +357,8 @@ class Ball(Domain):
     dim = 3
 
     def __init__(self, radius: float = 1.0, center=(0.0, 0.0, 0.0)):
-        self.radius = float(radius)
-        self.center = np.asarray(center, dtype=np.float64)
+        self.radius = _length("ball", "radius", radius)
+        self.center = _point("ball", "center", center, 3)
         self.volume = 4.0 / 3.0 * np.pi * self.radius ** 3
         self.boundary_measure = 4.0 * np.pi * self.radius ** 2
 
@@ -352,8 +391,8 @@ class Box(Domain):
     tag_names = {"x0": 0, "x1": 1, "y0": 2, "y1": 3, "z0": 4, "z1": 5}
 
     def __init__(self, lo=(0.0, 0.0, 0.0), hi=(1.0, 1.0, 1.0)):
-        self.lo = np.asarray(lo, dtype=np.float64)
-        self.hi = np.asarray(hi, dtype=np.float64)
+        self.lo = _point("box", "lo", lo, 3)
+        self.hi = _point("box", "hi", hi, 3)
         if np.any(self.hi <= self.lo):
             raise ValueError(f"Box needs lo < hi componentwise (got {lo}, {hi})")
         e = self.hi - self.lo

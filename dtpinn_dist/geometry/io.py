@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..resources import ResourceError, check_memory, one_line, regular_file
+from ..resources import (ResourceError, check_memory, check_memory_parts, npz_declared, one_line,
+                         regular_file)
 from .cloud import GHOST_OFFSET, PointCloud
+from .nodes import BYTES_PER_NODE
 
 __all__ = ["load_mat", "load_npz", "save_npz", "load_cloud", "mat_sizes",
            "MAT_NORMAL_LENGTHS"]
@@ -45,9 +47,23 @@ def _regular_file(path) -> Path:
     return regular_file(path, "point-cloud file", "give a regular .mat or .npz file")
 
 
-def read_npz(path, fix: str, what: str = "point-cloud file") -> tuple[Path, dict]:
+def npz_parts(declared: dict, per_row: dict | None = None) -> dict:
+    """Memory parts of reading a ``.npz`` (:func:`~dtpinn_dist.resources.npz_declared`): the
+    arrays as declared (twice: read, then converted), and for a point cloud ``per_row`` bytes
+    per declared row of the named arrays (what processing the nodes needs)."""
+    parts = {"its arrays as declared in the file": 2 * sum(b for _, _, b in declared.values())}
+    for key, nbytes in (per_row or {}).items():
+        shape = declared.get(key, ((0,), None, 0))[0]
+        rows = float(shape[0]) if len(shape) else 0.0
+        parts[f"processing the {key} rows ({rows:.0f} as declared)"] = rows * nbytes
+    return parts
+
+
+def read_npz(path, fix: str, what: str = "point-cloud file",
+             per_row: dict | None = None) -> tuple[Path, dict]:
     """Every array of the ``.npz`` file ``path`` (read with ``allow_pickle=False``, after checking
-    it is a regular file and that its uncompressed size fits in memory), as ``(path, arrays)``.
+    it is a regular file and that the arrays its headers declare fit in memory, with ``per_row``
+    bytes per declared row of the named arrays: :func:`npz_parts`), as ``(path, arrays)``.
 
     One-line ``ValueError`` naming the file for a pickled, truncated or corrupt file, ending with
     ``fix`` (how to write a good one); :class:`~dtpinn_dist.resources.ResourceError` when it is
@@ -56,9 +72,9 @@ def read_npz(path, fix: str, what: str = "point-cloud file") -> tuple[Path, dict
     p = regular_file(path, what, "give a regular .mat or .npz file")
     try:
         with np.load(p, allow_pickle=False) as z:
-            # uncompressed sizes from the zip directory: refuse before reading
-            need = sum(info.file_size for info in z.zip.infolist())
-            check_memory(2 * need, f"reading {p}", fix="use a smaller file")
+            # sizes from the zip directory and the arrays' headers: refuse before reading
+            check_memory_parts(npz_parts(npz_declared(z.zip), per_row), f"reading {p}",
+                               fix="use a smaller file")
             return p, {k: z[k] for k in z.files}
     except ResourceError:
         raise
@@ -222,8 +238,11 @@ def load_npz(path, ghost: bool | None = None, ghost_offset: float = GHOST_OFFSET
     ``ghost=None`` keeps the file's ghost nodes if any; ``True`` adds them if absent; ``False``
     drops them.
     """
+    # every node is processed (ghosts, kd-tree, stencils): make_cloud's measured peak per node
+    # (2D, the smaller) is a lower bound of what a declared node costs
     p, data = read_npz(path, "store plain float64 arrays interior, boundary, normals; write "
-                       "it with numpy.savez / dtpinn_dist.geometry.save_npz")
+                       "it with numpy.savez / dtpinn_dist.geometry.save_npz",
+                       per_row={"interior": BYTES_PER_NODE[2], "boundary": BYTES_PER_NODE[2]})
     missing = [k for k in _NPZ_REQUIRED if k not in data]
     if missing:
         raise ValueError(f"{p} lacks arrays {missing}; a point-cloud .npz needs interior, "

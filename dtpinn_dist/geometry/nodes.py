@@ -25,7 +25,7 @@ __all__ = ["make_cloud", "spacing_for_count", "fill_interior", "spacing_ratio",
 #: tracemalloc: 550 (2D) and 1200 (3D) per node on disks, squares, annuli, balls and boxes of
 #: 1e5-3e5 nodes; 65 per lattice point on a thin ellipse and a thin box (where the lattice
 #: dominates). About 1.3x margin on each.
-_BYTES_PER_NODE = {2: 700, 3: 1600}
+BYTES_PER_NODE = {2: 700, 3: 1600}
 _BYTES_PER_LATTICE_POINT = 85
 
 
@@ -132,7 +132,7 @@ def estimate_cloud_bytes(domain: Domain, spacing: float) -> float:
     rad = float(np.linalg.norm(hi - lo)) / 2 + 2 * spacing
     with np.errstate(over="ignore", divide="ignore", under="ignore"):
         lattice = (2 * rad / spacing) ** d * _BYTES_PER_LATTICE_POINT
-        smoothing = _node_count(domain, spacing) * _BYTES_PER_NODE[d]
+        smoothing = _node_count(domain, spacing) * BYTES_PER_NODE[d]
     return float(max(lattice, smoothing))
 
 

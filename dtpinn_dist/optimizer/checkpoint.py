@@ -35,7 +35,8 @@ from ..atomic import OutputError, atomic_write
 from ..resources import one_line
 
 __all__ = ["CHECKPOINT_FILE", "FORMAT", "VERSION", "CheckpointError", "CheckpointMismatch",
-           "checkpoint_file", "fingerprint", "compare", "save", "load", "read"]
+           "checkpoint_file", "fingerprint", "compare", "save", "load", "read", "check_state",
+           "check_shapes"]
 
 FORMAT = "dtpinn_dist checkpoint"
 VERSION = 1
@@ -113,6 +114,101 @@ def compare(saved: dict, now: dict) -> list[str]:
         else:
             out.append(f"{what}: {a!r} in the checkpoint, {b!r} now")
     return out
+
+
+def _int(v, lo=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _real(v, finite=True):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return ok and (not finite or (v == v and abs(v) != float("inf")))
+
+
+#: The fields of Trainer.state_dict() a checkpoint must hold: name -> (test, what it must be).
+_FIELDS = {
+    "model": (lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor)
+                                                    for t in v.values()), "a dict of tensors"),
+    "optimizer": (lambda v: isinstance(v, dict), "a dict"),
+    "optimizer_name": (lambda v: isinstance(v, str), "a string"),
+    "optimizer_phase": (_int, "an integer >= 0"), "phase": (_int, "an integer >= 0"),
+    "phase_start": (_int, "an integer >= 0"), "step": (_int, "an integer >= 0"),
+    "evals": (_int, "an integer >= 0"),
+    "train_time_s": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
+    "eval_time_s": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
+    "last_loss": (lambda v: _real(v, finite=False), "a number"),
+    "restore_point": (lambda v: v is None or (isinstance(v, dict) and isinstance(
+        v.get("params"), torch.Tensor) and isinstance(v.get("where"), (dict, type(None)))),
+                      "None or {params: tensor, where: dict or None}"),
+    "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor)
+            and v["torch"].dtype == torch.uint8
+            and v["torch"].shape == torch.get_rng_state().shape, "{torch: torch's RNG state}"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v),
+                "a list of dicts"),
+    "fingerprint": (lambda v: isinstance(v, dict), "a dict"),
+}
+
+
+#: Fields an older state may lack (Trainer.load_state_dict has a default for each).
+_OPTIONAL = {"fingerprint", "rng", "restore_point", "last_loss", "optimizer_phase", "phase_start",
+             "optimizer_name"}
+
+
+def _bad(source, field, what, v):
+    shown = f"shape {list(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)[:60]
+    raise CheckpointError(f"{source} is damaged or not from this program: {field} is {shown}, "
+                          f"but must be {what}; resume from another checkpoint or start a new "
+                          "run")
+
+
+def check_state(state, source: str = "the checkpoint") -> None:
+    """Every field of a checkpoint's state (:data:`_FIELDS`) has the type and range it must,
+    else one :class:`CheckpointError` line naming the field. Run on what :func:`read` returns,
+    before anything is loaded from it (then :func:`check_shapes`)."""
+    def bad(field, what, v):
+        _bad(source, field, what, v)
+
+    if not isinstance(state, dict):
+        bad("the state", "a dict", state)
+    for field, (ok, what) in _FIELDS.items():
+        if field not in state and field in _OPTIONAL:  # older states: load_state_dict's default
+            continue
+        v = state.get(field)
+        if field not in state or not ok(v):
+            bad(field, what, v)
+    if state.get("phase_start", 0) > state["step"]:
+        bad("phase_start", f"at most step ({state['step']})", state["phase_start"])
+
+
+def check_shapes(state, model, source: str = "the checkpoint") -> None:
+    """The tensors of a checked state (:func:`check_state`) fit ``model``: the network's shapes,
+    and the restore point and the L-BFGS / Adam vectors its parameter count; else one
+    :class:`CheckpointError` line naming the tensor."""
+    def bad(field, what, v):
+        _bad(source, field, what, v)
+
+    shapes = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    for k, t in state["model"].items():
+        if shapes.get(k) != tuple(t.shape):
+            bad(f"model[{k!r}]", f"of shape {list(shapes.get(k, ()))} (this run's network)", t)
+    if set(state["model"]) != set(shapes):
+        bad("model", f"the tensors {sorted(shapes)}", sorted(state["model"]))
+    n = sum(t.numel() for t in model.parameters())
+    rp = state["restore_point"]
+    if rp is not None and rp["params"].shape != (n,):
+        bad("restore_point params", f"a vector of the network's {n} parameters", rp["params"])
+    params = list(model.parameters())
+    for i, st in (state["optimizer"].get("state") or {}).items():
+        for key, v in (st.items() if isinstance(st, dict) else ()):
+            vecs = v if isinstance(v, list) else [v]
+            for t in vecs:
+                if not isinstance(t, torch.Tensor) or t.numel() <= 1:
+                    continue
+                want = (n,) if key in ("d", "prev_flat_grad", "old_dirs", "old_stps") else (
+                    tuple(params[i].shape) if key in ("exp_avg", "exp_avg_sq")
+                    and isinstance(i, int) and i < len(params) else None)
+                if want is not None and tuple(t.shape) != want:
+                    bad(f"optimizer state {key}", f"of shape {list(want)}", t)
 
 
 def save(path, state: dict, comm, meta: dict | None = None) -> Path:

@@ -197,20 +197,70 @@ class TrainResult:
 #: with the 4 x 50 MLP (peak RSS): DT 4-7 (time-dependent: u_t by double backward), vanilla
 #: 6-13 (second derivatives); with margin:
 _BYTES_FACTOR = {"dt": 10, "vanilla": 20}
+#: Parameter-sized vectors the loop keeps besides the optimizer's: the parameters, their
+#: gradients, the restore point, the step's starting point, the summed gradient (MPI).
+_PARAM_COPIES = 5
 
 
-def _check_memory(disc, model) -> None:
-    """Refuse a run whose network evaluations cannot fit in memory, before it starts."""
-    from ..resources import check_memory
+def _mlp_size(in_dim: int, width: int, depth: int) -> int:
+    """Parameters of :class:`~dtpinn_dist.model.MLP` (``depth`` hidden layers of ``width``)."""
+    sizes = [in_dim] + [width] * depth + [1]
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
-    width = max((p.shape[0] for p in model.parameters() if p.dim() == 2), default=1)
-    depth = max(1, sum(1 for p in model.parameters() if p.dim() == 2) - 1)
-    item = torch.finfo(next(model.parameters()).dtype).bits // 8
-    n = disc.network_points
-    need = n * width * depth * item * _BYTES_FACTOR[disc.method]
-    check_memory(need, f"one loss evaluation of a {width} x {depth} network at {n} points "
-                 f"({disc.method}, {disc.m} time slice(s))",
-                 fix="use fewer nodes or time steps (nt), a smaller network, or more ranks")
+
+def training_bytes(disc, cfg: TrainConfig, phases, n_params: int, width: int, depth: int,
+                   checkpoint: bool) -> dict:
+    """Estimated peak memory of a training run on this rank, by part (bytes, float): the
+    network's evaluations, the parameters and their copies, the largest phase's optimizer state
+    (L-BFGS: 2 x pairs x parameters and torch's history-long list; Adam: 2 moments; LM: its
+    dense matrices where it may use them) and, with checkpoints, the state copied to write one.
+    Keys name the setting that drives each part."""
+    item = torch.finfo(disc.dtype).bits // 8
+    n, p = float(disc.network_points), float(n_params)
+    lbfgs_iters = sum(k for name, k in phases if name == "lbfgs") * float(cfg.max_iter)
+    opt, lists = {}, 0.0
+    for name, _ in phases:
+        if name == "lbfgs":
+            pairs = min(float(cfg.history_size), lbfgs_iters)
+            # torch keeps a list of history_size entries (8 bytes each) from the first step; a
+            # checkpoint copies it twice more (deepcopy, then the CPU copy) and pickles it
+            lists = 8.0 * cfg.history_size
+            opt["L-BFGS state (--history-size)"] = lists + (2 * pairs + 3) * p * item
+        elif name == "adam":
+            opt["Adam moments"] = 2 * p * item
+        elif name in ("lm", "gn"):
+            dense = (3 * p * p + n * p) * item
+            if cfg.lm.get("step", "auto") not in ("dense", "lagged"):
+                dense = min(dense, float(cfg.lm.get("memory_budget", 4e9)))  # else it uses CG
+            opt["Levenberg-Marquardt matrices (--lm-step, --lm-memory-gb)"] = dense + 4 * p * item
+    worst = max(opt.items(), key=lambda kv: kv[1], default=("optimizer state", 0.0))
+    parts = {"network evaluation (nodes x --width x --depth)":
+             n * width * depth * item * _BYTES_FACTOR[disc.method],
+             "parameters and copies (--width, --depth)": _PARAM_COPIES * p * item,
+             worst[0]: worst[1]}
+    if checkpoint:  # state_dict(): the network, the restore point and the optimizer state
+        parts["checkpoint copy (--checkpoint-every)"] = 2 * p * item + worst[1] + lists * 9 / 8
+    return parts
+
+
+def _check_memory(disc, cfg, phases, model, checkpoint: bool) -> None:
+    """Refuse, before the network is built, a run whose training cannot fit in memory
+    (:func:`training_bytes`), with the estimate by part."""
+    from ..resources import check_memory_parts
+
+    if model is None:
+        width, depth = cfg.width, cfg.depth
+        n_params = _mlp_size(disc.input_dim, width, depth)
+    else:
+        mats = [q for q in model.parameters() if q.dim() == 2]
+        width = max((q.shape[0] for q in mats), default=1)
+        depth = max(1, len(mats) - 1)
+        n_params = sum(q.numel() for q in model.parameters())
+    parts = training_bytes(disc, cfg, phases, n_params, width, depth, checkpoint)
+    check_memory_parts(parts, f"training a {width} x {depth} network ({n_params} parameters) "
+                       f"at {disc.network_points} points ({disc.method}, {disc.m} time slice(s))",
+                       fix="use a smaller network, fewer nodes or time steps (nt), a shorter "
+                           "history, or more ranks")
 
 
 class Trainer:
@@ -245,6 +295,9 @@ class Trainer:
         self.comm = disc.comm
         self.log = log
         dtype = disc.dtype
+        disc.problem.check_well_posed()
+        self.phases = parse_schedule(cfg.schedule) if cfg.schedule else [(cfg.optimizer, cfg.steps)]
+        _check_memory(disc, cfg, self.phases, model, checkpoint is not None)
         if model is None:
             model = MLP(disc.input_dim, cfg.width, cfg.depth, dtype=dtype, seed=cfg.seed,
                         activation=cfg.activation, device=disc.device,
@@ -254,13 +307,11 @@ class Trainer:
             raise ValueError(f"the network is {pdt} but the discretisation is {dtype}; "
                              "discretize with the network's dtype")
         self.model = model
-        _check_memory(disc, model)
         # every rank starts from rank 0's weights, whatever its own init produced
         state = self.comm.bcast({k: v.detach().cpu() for k, v in model.state_dict().items()}
                                 if self.comm.rank == 0 else None)
         model.load_state_dict(state)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.phases = parse_schedule(cfg.schedule) if cfg.schedule else [(cfg.optimizer, cfg.steps)]
         # learning rate of each first-order phase (None for LM), as used
         self.lrs = [None if name in NO_LEARNING_RATE else (cfg.lr if cfg.lr is not None else default_lr(
             name, disc.method, disc.problem.name, cfg.line_search)) for name, _ in self.phases]
@@ -273,6 +324,7 @@ class Trainer:
         self.eval_time = 0.0
         self.history: list[dict] = []
         self._last_loss = math.nan
+        self._nonfinite = False  # a closure evaluation of the step in progress was not finite
         # the restore point: the parameters with the lowest loss seen, and where they are from
         self._best_params = self._flat()
         self._best = None  # {"step", "evaluation", "loss"} once a loss was seen
@@ -282,6 +334,29 @@ class Trainer:
         self.checkpoint_step = None  # step of the last checkpoint written or resumed from
         self.catch_signals = catch_signals
         self._signals = None
+        self._check_finite_start()
+
+    def _check_finite_start(self) -> None:
+        """Refuse, before any step, a problem whose loss or gradient is not finite at the
+        initial network (NaN from ``u**u`` at a negative u, ``log(u)``, ...): one ``ValueError``
+        naming the loss term (collective: the same answer on every rank)."""
+        r = self.disc.residual(self.model)
+        grads = torch.autograd.grad((r * r).sum(), self.params, allow_unused=True)
+        bad = sum(int(not torch.isfinite(g).all()) for g in grads if g is not None)
+        bad = float(self.comm.sum(torch.tensor([float(bad)], dtype=torch.float64))[0])
+        terms = self.disc.loss_terms(self.model)
+        shown = ", ".join(f"{k} term {v:.3g}" for k, v in terms.items())
+        broken = [k for k, v in terms.items() if not math.isfinite(v)]
+        if broken:
+            raise ValueError(
+                f"the loss is not finite at the initial network ({shown}): the {broken[0]} "
+                "term's declared expression gives NaN or inf there (e.g. u**u or log(u) at a "
+                "negative u, sqrt of a negative value); change the declaration")
+        if bad:
+            raise ValueError(
+                f"the loss at the initial network is finite ({shown}) but its gradient is not: "
+                "a term is not differentiable there (e.g. u**u, sqrt(u) or abs(u) at u = 0); "
+                "change the declaration")
 
     def _next_phase(self) -> None:
         self.phase += 1
@@ -338,6 +413,7 @@ class Trainer:
         first = self.evals == self._evals0 + 1
         self._note_loss(float(loss), self.step_count if first else self.step_count + 1)
         if not torch.isfinite(loss):
+            self._nonfinite = True  # seen during the step in progress
             # zero gradient makes L-BFGS return at once instead of iterating on NaNs
             for p in self.params:
                 p.grad.zero_()
@@ -429,6 +505,7 @@ class Trainer:
             start = self._flat()
             t0 = time.perf_counter()
             self._evals0 = evals0 = self.evals
+            self._nonfinite = False
             try:
                 if getattr(self.optimizer, "self_evaluating", False):
                     lm_evals = self.optimizer.evals
@@ -439,6 +516,13 @@ class Trainer:
                     self._note_loss(self._last_loss, self.step_count + 1)
                 else:
                     self.optimizer.step(self.closure)
+            except (IndexError, RuntimeError, ValueError):
+                # a NaN/inf trial point breaks torch's line search (its bracket logic assumes
+                # finite losses): the run ends below with the last sane parameters. The loss is
+                # a global sum, so every rank fails here alike.
+                if not self._nonfinite:
+                    raise
+                self._last_loss = math.nan
             except KeyboardInterrupt:
                 # a second Ctrl-C: give the step up. Under MPI the other ranks may be inside a
                 # collective of this step: only ending the job is safe (the caller aborts).
@@ -573,6 +657,7 @@ class Trainer:
         order, method, dtype, rank count or network (:class:`~.checkpoint.CheckpointMismatch`),
         or when its schedule phase is not the same optimizer here.
         """
+        ckpt.check_state(state, source)
         fp = state.get("fingerprint")
         if fp is not None:
             diffs = ckpt.compare(fp, self.fingerprint())
@@ -580,6 +665,7 @@ class Trainer:
                 raise ckpt.CheckpointMismatch(
                     f"{source} is from a different run: {'; '.join(diffs)}; continue it with the "
                     "settings it was written with, or start a new run in another folder")
+        ckpt.check_shapes(state, self.model, source)
         op = int(state.get("optimizer_phase", state.get("phase", 0)))
         phase = int(state.get("phase", op))
         name = state.get("optimizer_name", self.phases[0][0])
@@ -594,7 +680,13 @@ class Trainer:
         self._set_optimizer(op)
         fresh = getattr(self.optimizer, "param_groups", None)
         settings = [{k: v for k, v in g.items() if k != "params"} for g in fresh or []]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            from ..resources import one_line
+            raise ckpt.CheckpointError(
+                f"{source}: its {name} state does not fit this run ({one_line(exc)}); resume "
+                "from another checkpoint or start a new run") from None
         for g, s in zip(getattr(self.optimizer, "param_groups", []), settings):
             g.update(s)  # settings from this run's config, state from the checkpoint
         rng = state.get("rng", {"torch": state.get("rng_torch")})

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..resources import check_memory, one_line, regular_file
+from ..resources import ResourceError, check_memory, npz_declared, one_line, regular_file
 from .model_io import ModelFileError, load_model
 
 __all__ = ["load_run", "SavedRun", "read_points", "PointsError"]
@@ -137,13 +137,17 @@ def read_points(path) -> np.ndarray:
     if suf == ".npz":
         try:
             with np.load(p, allow_pickle=False) as z:
+                # what the headers declare, before numpy allocates it
+                declared = sum(b for _, _, b in npz_declared(z.zip).values())
+                check_memory(2 * declared, f"reading {p} (its arrays as declared in the file)",
+                             fix="use a smaller points file")
                 names = list(z.files)
                 key = "points" if "points" in names else (names[0] if len(names) == 1 else None)
                 if key is None:
                     raise PointsError(f"{p} holds arrays {names} but none is called 'points'; "
                                       "save the points as np.savez(file, points=P)")
                 arr = z[key]
-        except PointsError:
+        except (PointsError, ResourceError):
             raise
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             msg = one_line(exc)

@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from ..atomic import OutputError, check_out_file
     from ..outputs import ModelFileError, PointsError, load_run, read_points
+    from ..resources import ResourceError
 
     out = Path(a.out)
     try:
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         P = read_points(a.points)
         u = run.predict(P, t=a.t)
         _write(out, P, u, a.t, run.inputs)
-    except (ModelFileError, PointsError, OutputError) as exc:
+    except (ModelFileError, PointsError, OutputError, ResourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{run}: {len(u)} points in {time.perf_counter() - t0:.2f}s -> {out}")

@@ -61,8 +61,10 @@ def autograd_fields(model, P: torch.Tensor, dim: int, needed, create_graph: bool
     axes = sorted({AXES.index(c) for n in second for c in n[2:]}
                   | (set(range(dim)) if needed & {"lap", "bilap"} else set()))
     rows = {}
+    # the bi-Laplacian differentiates the Laplacian again: its rows need their graph
+    keep = create_graph or "bilap" in needed
     for a in axes:
-        (rows[a],) = torch.autograd.grad(G[:, a].sum(), P, create_graph=create_graph,
+        (rows[a],) = torch.autograd.grad(G[:, a].sum(), P, create_graph=keep,
                                          retain_graph=True)
     for n in second:
         a, b = (AXES.index(c) for c in n[2:])

@@ -21,12 +21,41 @@ import sympy
 __all__ = ["ExpressionError", "parse", "parse_safe", "FUNCTIONS", "CONSTANTS", "SYMBOLS",
            "MAX_LENGTH", "MAX_DEPTH", "MAX_NODES"]
 
+
+
+class atan2(sympy.Function):  # noqa: N801 - the name a declaration writes (and compile looks up)
+    """``atan2(a, b)``, the angle of the point ``(b, a)``, whose derivative keeps its branch cut.
+
+    The angle jumps by 2 pi across ``a = 0`` where ``b < 0``. sympy's own ``atan2`` differentiates
+    to the smooth ``b / (a^2 + b^2)`` and forgets the jump; here ``d/da`` also carries the jump
+    ``2 pi DiracDelta(a) Heaviside(-b)``, so a forcing or boundary data derived from an exact
+    solution with a cut is refused like one with ``sign(x)`` ("cannot be evaluated ... smooth
+    enough?"). Values are sympy's ``atan2``.
+    """
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_number and b.is_number:
+            return sympy.atan2(a, b)
+        return None
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        r2 = a ** 2 + b ** 2
+        if argindex == 1:
+            return b / r2 + 2 * sympy.pi * sympy.DiracDelta(a) * sympy.Heaviside(-b)
+        return -a / r2
+
+
 #: Whitelisted elementary functions (name in a declaration -> sympy function).
 FUNCTIONS = {name: getattr(sympy, name) for name in (
-    "sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "atan2", "sinh", "cosh",
+    "sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "sinh", "cosh",
     "tanh", "asinh", "acosh", "atanh", "exp", "log", "sqrt", "Abs", "sign", "Min", "Max",
     "erf", "floor", "ceiling")}
 FUNCTIONS["abs"] = sympy.Abs
+FUNCTIONS["atan2"] = atan2
 CONSTANTS = {"pi": sympy.pi, "E": sympy.E}
 #: Coordinates, time and the unit outward normal; real symbols shared by every expression.
 SYMBOLS = {s: sympy.Symbol(s, real=True) for s in ("x", "y", "z", "t", "nx", "ny", "nz")}

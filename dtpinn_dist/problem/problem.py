@@ -19,7 +19,7 @@ import sympy
 
 from .conditions import as_condition
 from .expressions import SYMBOLS, ExpressionError, parse_safe
-from .forms import AXES, Form, param_value, parse_form
+from .forms import AXES, MAX_ORDER, Form, param_value, parse_form
 
 __all__ = ["Problem", "Analysis", "DEFAULT_PART"]
 
@@ -133,7 +133,19 @@ class Problem:
         self._cache = {}
         # Syntax and names are checked now (in 3D, the superset); what depends on the dimension
         # (dz in 2D) when the problem meets a cloud.
-        self.analyse(3, check_only=True)
+        #: highest spatial derivative order of the PDE (4 for lap(lap(u)))
+        self.order = self.analyse(3, check_only=True).pde.theta
+
+    def check_well_posed(self) -> None:
+        """Refuse, in one line, a problem that can be declared and discretised (its operators
+        exist: ``lap(lap(u))`` gives the RBF-FD ``bilap``) but not posed for solving or training:
+        a fourth-order PDE needs two conditions on each boundary part, and a part takes one
+        condition here. Called by the trainer, the direct solve and the command line."""
+        if self.order > MAX_ORDER:
+            raise ExpressionError(
+                f"the PDE {self.pde!r} is of order {self.order} (lap(lap(u))): a fourth-order "
+                "problem needs two conditions on each boundary part (e.g. u and dn(u)), and a "
+                "boundary part takes one condition here; declare a second-order PDE")
 
     @property
     def time_dependent(self) -> bool:

@@ -158,6 +158,11 @@ def solve_discrete(disc, *, tol: float = 1e-12, max_iter: int = 30, U0=None,
     if not disc.has_structure:
         raise ValueError("the direct solve needs a steady DT discretisation (method 'dt', no "
                          "time dependence)")
+    disc.problem.check_well_posed()
+    if disc.dtype != torch.float64:
+        raise ValueError(f"the direct solve works in fp64 (Newton to a residual near round-off) "
+                         f"but the discretisation is {disc.dtype}; discretize with dtype='fp64' "
+                         "(command line: drop --dtype fp32)")
     linear = _KSP(disc, linear_rtol) if disc.comm.size > 1 else _LU(disc)
     comm = disc.comm
     t0 = time.perf_counter()

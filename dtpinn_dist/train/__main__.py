@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lm-cg-maxiter", type=int, default=None, help="CG iterations per LM step")
     o.add_argument("--tol", type=float, default=0.0, help="stop when the loss is <= tol")
     o.add_argument("--time-budget", type=float, default=None, help="seconds of training time")
-    o.add_argument("--eval-every", type=int, default=10)
+    o.add_argument("--eval-every", type=int, default=10,
+                   help="metrics every this many steps (0: only at the start and the end)")
     o.add_argument("--width", type=int, default=50)
     o.add_argument("--depth", type=int, default=4)
     o.add_argument("--inputs", choices=["box", "raw"], default="box",
@@ -242,8 +243,6 @@ def _load_cloud(args, time_dependent: bool):
         else:
             n = args.n_points if args.n_points is not None else (HEAT_N if time_dependent
                                                                   else DEFAULT_N)
-            if n < 20:
-                raise UserError(f"--n-points {n} is too small; use at least 20")
             domain = build_domain(args.domain, getattr(args, "domain_params", None))
             cloud = make_cloud(domain, n=n, seed=args.seed)
             desc = {"kind": "generated", "domain": args.domain, "n_requested": int(n),
@@ -375,12 +374,8 @@ def run(args, log=None) -> dict:
     comm = as_comm(None)
     # rank 0 reports; the others keep their (never attached) log quiet
     log = log if log is not None else RunLog(quiet=args.quiet or comm.rank != 0)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: give at least 1 thread")
+    if args.threads is not None:  # its range is checked with the arguments (config.py)
         torch.set_num_threads(args.threads)
-    if args.test_points is not None and args.test_points < 1:
-        raise UserError(f"--test-points {args.test_points}: give at least 1 test point")
     cfg = _train_config(args)
     uses_lm = args.optimizer in ("lm", "gn") or any(
         part.split(":")[0].strip().lower() in ("lm", "gn")
@@ -391,6 +386,7 @@ def run(args, log=None) -> dict:
                         "vanilla PINNs")
     try:
         problem = _problem(args)
+        problem.check_well_posed()  # before the cloud is read
     except (ExpressionError, ValueError) as exc:
         raise UserError(_flagged(exc)) from None
     # the output folder is checked before any work (writable, not finished, not in use)
@@ -692,7 +688,7 @@ def _check_lockstep_on_evaluate(trainer) -> None:
 
 def parse_args(argv=None):
     """``(args, petsc_options)`` from the command line and the ``--config`` file (flags win)."""
-    from .config import apply_config, given_dests, reconcile
+    from .config import apply_config, check_settings, given_dests, reconcile
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -706,6 +702,7 @@ def parse_args(argv=None):
                           or any(o.startswith("--") for o in petsc_options)):
         parser.error(f"unrecognized arguments: {' '.join(petsc_options)}")
     reconcile(args, given_dests(parser, argv), file_values)
+    check_settings(args, file_values)
     if args.resume is not None:  # the run's own folder: its lock, its checkpoint, its outputs
         args.out = args.resume
     return args, petsc_options
@@ -728,6 +725,10 @@ def _parse_once(argv):
         except (ConfigFileError, UserError, ValueError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except Exception as exc:  # noqa: BLE001 - rank 0 alone parses: never leave the others
+            from ..resources import one_line  # waiting in the broadcast below
+            print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+            return 2
 
     if not mpi_launched():
         return parse(catch_exit=False)
@@ -737,6 +738,17 @@ def _parse_once(argv):
 
 
 def main(argv=None) -> int:
+    from ..comm import mpi_launched
+
+    if mpi_launched():
+        # armed before anything else: an exception on any rank, at any point, ends the job
+        from ..comm import abort_on_exception
+        with abort_on_exception(code=2):
+            return _main(argv)
+    return _main(argv)
+
+
+def _main(argv) -> int:
     from ..comm import mpi_launched
 
     parsed = _parse_once(argv)
@@ -758,13 +770,10 @@ def main(argv=None) -> int:
             [os.environ.get("PETSC_OPTIONS", "")] + petsc_options).strip()
     if mpi_launched():
         # An error on one rank (rank 0 alone claims --out, reads files, ...) must end the whole
-        # job, not leave the others waiting in a collective: every exception aborts the job
+        # job, not leave the others waiting in a collective: main's abort_on_exception ends it
         # with "rank R: error: <message>".
-        from ..comm import abort_on_exception
         from ..outputs.checkpoint import exit_status
-        with abort_on_exception(code=2):
-            done = run(args)
-        return exit_status(done.get("result"))
+        return exit_status(run(args).get("result"))
     return _run_reporting(args)
 
 

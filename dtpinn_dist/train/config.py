@@ -44,9 +44,9 @@ from pathlib import Path
 
 from ..resources import regular_file
 
-__all__ = ["ConfigFileError", "SCHEMA", "read_config", "apply_config", "given_dests",
-           "build_domain", "resolved_config", "bc_conditions", "CONDITION_KEYS",
-           "MAX_CONFIG_BYTES", "EXTRA_DESTS"]
+__all__ = ["ConfigFileError", "SCHEMA", "INT_RANGES", "check_settings", "read_config",
+           "apply_config", "given_dests", "build_domain", "resolved_config", "bc_conditions",
+           "CONDITION_KEYS", "MAX_CONFIG_BYTES", "EXTRA_DESTS"]
 
 #: A configuration file larger than this is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
@@ -89,6 +89,22 @@ _EXTRA_TYPES = {"params": "table", "nodes_n": int, "test_nodes": str, "test_inde
                 "activation": ("tanh", "sin")}
 
 
+#: dest -> (smallest, largest) value of every integer setting, flag or file, checked before
+#: anything is parsed or allocated (sizes also meet the memory estimate later: these bounds only
+#: keep the numbers sane)
+INT_RANGES = {
+    "nt": (1, 100_000), "index": (-10 ** 6, 10 ** 6), "test_index": (-10 ** 6, 10 ** 6),
+    "nodes_n": (1, 10 ** 12), "n_points": (20, 10 ** 12), "test_points": (1, 10 ** 9),
+    "order": (1, 20), "steps": (0, 10 ** 9), "history_size": (1, 10 ** 12),
+    "max_iter": (1, 10 ** 6), "eval_every": (0, 10 ** 9), "width": (1, 10 ** 7),
+    "depth": (1, 1000), "seed": (0, 2 ** 62), "threads": (1, 4096),
+    "checkpoint_every": (0, 10 ** 9), "lm_cg_maxiter": (1, 10 ** 7)}
+
+#: Settings that name a text (an expression, a file, a folder): empty text is refused.
+NONEMPTY = ("pde", "exact", "f", "g", "u0", "nodes", "test_nodes", "out", "resume", "schedule",
+            "config")
+
+
 class ConfigFileError(ValueError):
     """A configuration file is unusable: one line naming the file, the key and its table."""
 
@@ -116,6 +132,9 @@ def read_config(path) -> dict:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of [[[...]]] or {a = {b = ...}}
+        raise ConfigFileError(f"{p}: arrays or inline tables are nested too deeply to read; a "
+                              "configuration nests at most a few levels") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"cannot read config file {p} ({exc})") from None
 
@@ -286,6 +305,39 @@ def given_dests(parser, argv) -> set:
     return out
 
 
+def _setting_name(dest: str, file_values: dict) -> str:
+    """``--flag`` of ``dest``, with its TOML key when the file set it (``--threads ([run]
+    threads in FILE)``); a file-only setting by its key (``[cloud] n``)."""
+    key = next((f"[{t}] {k}" if k2 is None else f"[{t}.{k}] {k2}"
+                for t, schema in SCHEMA.items() for k, d in (schema or {}).items()
+                for k2, d2 in (d.items() if isinstance(d, dict) else [(None, d)])
+                if d2 == dest), dest)
+    if dest in EXTRA_DESTS:
+        return key
+    flag = "--" + dest.replace("_", "-")
+    return f"{flag} ({key} in {file_values.get('config_path')})" if dest in file_values else flag
+
+
+def check_settings(args, file_values: dict | None = None) -> None:
+    """Type and range of every integer setting (:data:`INT_RANGES`) and no empty text
+    (:data:`NONEMPTY`), before anything is parsed or allocated: one ``ValueError`` line naming
+    the flag (and the file's key) and the range."""
+    file_values = file_values or {}
+    for dest, (lo, hi) in INT_RANGES.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            shown = str(v) if len(str(v)) <= 24 else f"{str(v)[:20]}... ({len(str(v))} digits)"
+            raise ValueError(f"{_setting_name(dest, file_values)} {shown} is out of range: give "
+                             f"an integer from {lo} to {hi}")
+    for dest in NONEMPTY:
+        v = getattr(args, dest, None)
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(f"{_setting_name(dest, file_values)} is empty; give a value or "
+                             "leave the setting out for its default")
+
+
 def reconcile(args, given: set, file_values: dict) -> None:
     """Flags given on the command line win over the file, also where one flag changes the
     meaning of other file settings (the cloud's source, the domain's parameters, ``--bc``)."""
@@ -294,12 +346,16 @@ def reconcile(args, given: set, file_values: dict) -> None:
             setattr(args, k, v)
     if "nodes" in given:
         args.n_points = None if "n_points" not in given else args.n_points
-    if "n_points" in given and "nodes" not in given:
-        args.nodes, args.index, args.nodes_n = None, None, None
+    if "n_points" in given and "nodes" not in given:  # the file's cloud is replaced
+        args.nodes = None
+        args.index = args.index if "index" in given else None
+        args.nodes_n = None
     if "index" in given:
         args.nodes_n = None
     if "domain" in given and file_values.get("domain") != args.domain:
         args.domain_params = None
+    if "nodes" in given and "domain" not in given and "domain" in file_values:
+        args.domain, args.domain_params = "disk", None  # the file's generated cloud is replaced
     if "test_points" in given:
         args.test_nodes, args.test_index = None, None
     if args.bc_table is not None and ({"bc", "g"} & given):
@@ -313,6 +369,39 @@ def reconcile(args, given: set, file_values: dict) -> None:
         else:
             table["*"] = {**old, "g": args.g}
         args.bc_table = table
+    _check_cloud_sources(args, given, file_values)
+
+
+def _check_cloud_sources(args, given: set, file_values: dict) -> None:
+    """Settings that name two different clouds (or test sets) are refused, naming both: after
+    :func:`reconcile` only the ones given at the same level (both flags, or both in the file)
+    are left."""
+    def name(dest):
+        return _setting_name(dest, file_values)
+
+    domain_set = "domain" in given or ("domain" in file_values and "nodes" not in given)
+    pairs = []
+    if args.nodes is not None:
+        if args.n_points is not None:
+            pairs.append(("nodes", "n_points", "clouds", "one reads a cloud file, the other "
+                          "generates one"))
+        if domain_set:
+            pairs.append(("nodes", "domain", "clouds", "the file's cloud has its own domain; the "
+                          "domain is for a generated cloud"))
+    else:
+        for dest in ("index", "nodes_n"):
+            if getattr(args, dest, None) is not None:
+                raise ValueError(f"{name(dest)} picks a node set of a .mat file given with "
+                                 "--nodes, but the cloud here is generated; drop "
+                                 f"{name(dest)} or give --nodes FILE.mat")
+    if getattr(args, "test_nodes", None) is not None and args.test_points is not None:
+        pairs.append(("test_nodes", "test_points", "test sets", "one reads the test set from a "
+                      "file, the other generates one"))
+    if getattr(args, "test_index", None) is not None and getattr(args, "test_nodes", None) is None:
+        raise ValueError(f"{name('test_index')} picks a node set of the test_nodes file, but no "
+                         "test_nodes file is given; drop it or give test_nodes")
+    for a, b, what, why in pairs:
+        raise ValueError(f"{name(a)} and {name(b)} name two different {what} ({why}); drop one")
 
 
 # ------------------------------------------------------------------------------ building
