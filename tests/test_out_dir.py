@@ -98,10 +98,9 @@ def test_run_dir_claim_is_exclusive_and_abandon_removes_what_it_made(tmp_path):
     (a.file("train.log")).write_text("log")
     a.abandon()
     assert not (tmp_path / "x").exists()  # the folder and the parents it made are gone
-    # a user's own file in the folder is kept (and so the folder)
-    out.mkdir(parents=True)
-    (out / "notes.txt").write_text("mine")
+    # a user's own file put in the folder while the run held it is kept (and so the folder)
     b = RunDir(out).claim()
+    (out / "notes.txt").write_text("mine")
     b.abandon()
     assert (out / "notes.txt").read_text() == "mine" and not (out / ".lock").exists()
 
@@ -232,6 +231,28 @@ def test_a_resumable_run_is_not_replaced(tmp_path):
     assert files_under(out) == {"checkpoint.pt": b"step 30"}
     RunDir(out, resume=True).claim().release()
     assert files_under(out) == {"checkpoint.pt": b"step 30"}
+
+
+def test_a_folder_that_is_not_a_run_is_refused_whatever_the_flags(tmp_path, capsys):
+    """--out naming a user's non-empty folder: our files are never mixed into it (issue 21)."""
+    from dtpinn_dist.train.__main__ import main
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for flags in ([], ["--overwrite"]):
+        rc = main([*TINY, "--out", str(out), *flags])
+        err = _one_line(capsys.readouterr().err)
+        assert rc == 2 and "not a dtpinn_dist run (e.g. 'notes.txt')" in err
+        assert files_under(out) == {"notes.txt": b"mine"}
+    with pytest.raises(OutputError, match="choose an empty or new folder"):
+        check_run_dir(out, overwrite=True)
+    # an empty folder, and a run folder holding a user's file too, are fine
+    check_run_dir(tmp_path / "empty")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    check_run_dir(run, overwrite=True)
 
 
 # ------------------------------------------------------------------------------ early failures

@@ -155,7 +155,8 @@ def check_run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool 
         ``.previous-run/`` (results an unfinished ``--overwrite`` run set aside); or a live run
         holds ``out/.lock``.
     OutputError
-        ``out`` is a file, or it (its nearest existing parent) is not writable.
+        ``out`` is a file, a non-empty folder that is not a run (whatever the flags), or it
+        (its nearest existing parent) is not writable.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -167,6 +168,13 @@ def check_run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool 
             raise OutputExistsError(
                 f"--out {out} is in use by another run ({_lock_text(info)}); choose another "
                 f"--out, or remove {lock} if that run is gone")
+    if out.is_dir() and not (lock.exists() or (out / BACKUP_NAME).exists()
+                             or run_files(out)):
+        other = next(iter(sorted(p.name for p in out.iterdir())), None)
+        if other is not None:  # a user's folder, not a run: never mix our files into it
+            raise OutputError(
+                f"--out {out} holds files that are not a dtpinn_dist run (e.g. {other!r}); "
+                "choose an empty or new folder")
     if not (overwrite or resume):
         if (out / "metrics.json").exists():
             raise OutputExistsError(f"{out / 'metrics.json'} already exists; choose another "
