@@ -8,7 +8,8 @@ Stages, in the order a run meets them (the CLI's path: rank 0 generates, every r
 cloud, the ranks partition, each assembles its own rows, trains, rank 0 writes the outputs):
 
 * ``generation``: ``make_cloud`` on rank 0 (disk / ball), then ``bcast`` to the other ranks;
-* ``read``: the same cloud written by rank 0 as ``.npz`` and HDF5 (untimed), then read back by
+* ``write_files``, ``read_npz``, ``read_h5``: the same cloud written by rank 0 as ``.npz`` and
+  HDF5, then read back by
   slices (:func:`dtpinn_dist.distributed.scatter.read_distributed`): each rank reads 1/size of
   the file, the ranks Hilbert-partition it among themselves and swap halos: the rank's share
   plus halo is all it holds;
@@ -18,11 +19,12 @@ cloud, the ranks partition, each assembles its own rows, trains, rank 0 writes t
 * ``lbfgs``: ``--lbfgs-steps`` L-BFGS steps (strong Wolfe, up to 20 iterations each, the CLI's
   default), no evaluation in between;
 * ``lm``: ``--lm-steps`` matrix-free Gauss-Newton / LM steps (``step = "cg"``) from there;
-* ``outputs``: rank 0 writes model, ``solution.npz``, VTK (PNG plots skipped) at the CLI's test
+* ``outputs``: rank 0 writes model, ``solution.npz``, VTK and PNG plots at the CLI's test
   set (``min(20000, 4 N)`` generated points).
 
-Per stage and rank: wall seconds (between barriers), the process's peak RSS so far and its
-current RSS, and bytes per node (current RSS / N). Prints one JSON object (rank 0); ``--json``
+Per stage and rank: wall seconds (between barriers), the rank's CPU seconds (process time since
+the previous stage: on a machine shared with other jobs the fairer figure), the process's peak
+RSS so far and its current RSS, and bytes per node (current RSS / N). Prints one JSON object (rank 0); ``--json``
 also writes it. Not a test: no asserts.
 
 Memory: glibc's heap keeps the freed blocks of one closure's tensors fragmented, so RSS creeps
@@ -90,11 +92,15 @@ def main(argv=None):
     load0 = os.getloadavg()
     stages = []
 
+    cpu = [time.process_time()]
+
     def stage(name, t0, **extra):
         comm.barrier()
         wall = time.perf_counter() - t0
-        mem = comm.allgather((rss_peak(), rss_now()))
-        rec = {"stage": name, "wall_s": round(wall, 3),
+        c1 = time.process_time()
+        mem = comm.allgather((rss_peak(), rss_now(), round(c1 - cpu[0], 3)))
+        cpu[0] = c1
+        rec = {"stage": name, "wall_s": round(wall, 3), "cpu_s": [m[2] for m in mem],
                "peak_rss_bytes": [m[0] for m in mem], "rss_bytes": [m[1] for m in mem],
                "bytes_per_node": [round(m[1] / a.n, 1) for m in mem], **extra}
         stages.append(rec)
@@ -125,9 +131,11 @@ def main(argv=None):
             from dtpinn_dist.geometry import save_npz
             from dtpinn_dist.geometry.slices import save_h5
 
+            t0 = time.perf_counter()
             if rank == 0:
                 save_npz(Path(tmp) / "cloud.npz", cloud)
                 save_h5(Path(tmp) / "cloud.h5", cloud)
+            stage("write_files", t0)
             for suffix in ("npz", "h5"):
                 comm.barrier()
                 t0 = time.perf_counter()
