@@ -153,7 +153,7 @@ def main(argv=None):
         problem = paper_problem(a.problem)
         disc = discretize(problem, cloud, a.order, comm=comm, partition=part,
                           backend="petsc" if size > 1 else None)
-        stage("assembly", t0, halo=disc.info.get("halo"))
+        stage("assembly", t0, halo=disc.system.info.get("halo"))
 
         model = None  # the paper's network, initialised by fit
         if a.lbfgs_steps:
