@@ -164,3 +164,22 @@ def test_one_rank_reads_the_whole_cloud():
         loc = read_distributed(_write(c, d, "npz"), SerialComm(), order=4)
     assert loc.n_halo == 0 and loc.n_owned == c.n_nodes
     np.testing.assert_array_equal(loc.nodes, c.nodes)
+
+
+@pytest.mark.mpi
+def test_bad_slice_on_one_rank_raises_everywhere(comm, tmp_path_factory):
+    """A NaN in the last interior row fails only on the rank that reads that row; every rank
+    raises the same one-line error (no rank left waiting in a collective)."""
+    from pathlib import Path
+
+    folder = _shared_tmp(comm, tmp_path_factory)
+    p = Path(folder) / "nan.npz"
+    if comm.rank == 0:
+        c = _cloud()
+        interior = c.interior.copy()
+        interior[-1, 0] = np.nan
+        np.savez(p, interior=interior, boundary=c.boundary, normals=c.normals)
+    comm.barrier()
+    with pytest.raises(ValueError, match="nan.npz: points rows must be finite") as e:
+        read_distributed(p, comm)
+    assert len(set(comm.allgather(str(e.value)))) == 1

@@ -162,7 +162,16 @@ def read_distributed(path, comm=None, order: int = 4, theta: int = 2,
 
     comm = as_comm(comm)
     rank, size = comm.rank, comm.size
-    gid, pts, nrm, gst, tags, (ni, nb, d) = _read_slice(path, rank, size, ghost)
+    # a bad file may fail on one rank only (its slice truncated): every rank raises the same
+    # one-line error instead of the others waiting in the next collective
+    try:
+        got, msg = _read_slice(path, rank, size, ghost), None
+    except ValueError as exc:
+        got, msg = None, str(exc)
+    first = next((m for m in comm.allgather(msg) if m), None)
+    if first:
+        raise ValueError(first)
+    gid, pts, nrm, gst, tags, (ni, nb, d) = got
     nbl = len(nrm)
     # per collocation node: its normal / ghost / tag (zeros for interior nodes)
     extra = np.zeros((len(gid), 2 * d))
