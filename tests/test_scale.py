@@ -13,6 +13,17 @@ from dtpinn_dist.partition import partition_cloud
 h5py = pytest.importorskip("h5py")
 
 
+@pytest.mark.parametrize("d,l", [(2, 5), (3, 4)])
+def test_polynomial_tables_in_both_layouts_are_the_same_bits(d, l):
+    """The assembly's component-first polynomial values are poly_values' bit for bit (the same
+    products in the same order), which keeps the operators of before."""
+    from dtpinn_dist.operators.polynomials import poly_values, poly_values_first
+
+    y = np.random.default_rng(d).uniform(-1, 1, (7, 11, d))
+    first = poly_values_first(np.ascontiguousarray(np.moveaxis(y, -1, 0)), l)
+    np.testing.assert_array_equal(np.moveaxis(first, 0, -1), poly_values(y, l))
+
+
 def _cloud(ghost=True):
     return make_cloud("disk", n=1500, seed=3, ghost=ghost, n_test=200)
 

@@ -36,8 +36,8 @@ __all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weig
 THETA = {"identity": 1, "gradient": 1, "robin": 1, "laplacian": 2, "biharmonic": 4}
 
 # Stencils per batched solve: about _CHUNK_ENTRIES / (n+M)^2 (73 for 2D p=4).  Measured
-# (process time, 2D p = 4, 20k stencils): the elementwise work of building the matrices costs
-# 0.55 s with 64-stencil chunks, 0.78 s with 256 and 0.94 s with 1024 (cache), while numpy's
+# (process time, 2D p = 4, 20k stencils, load ~4): the elementwise work of building the matrices
+# costs 0.55 s with 64-stencil chunks, 0.78 s with 256 and 0.94 s with 1024 (cache), while numpy's
 # per-call overhead stays negligible.
 _CHUNK_ENTRIES = 300_000
 # A stencil whose scaled weights sum(|w|) R^theta exceed this is treated as (nearly) singular.
@@ -281,10 +281,10 @@ def rbffd_weights_many(nodes, centers, ops, order: int, *, tree: cKDTree | None 
         tree = cKDTree(nodes)
     out = [(np.empty((C, n), dtype=np.int64), np.empty((C, n), dtype=np.float64))
            for _, _, n in params]
-    # One set of buffers per operator, reused by every chunk (fresh large arrays per chunk cost
-    # page faults); the last chunk uses their leading part.
-    bufs = [(np.empty((min(chunk, C), n + n_poly(l, d), n + n_poly(l, d))),
-             np.empty((2, min(chunk, C), n, n))) for l, _, n in params]
+    # One set of buffers per operator, reused by every chunk; the last chunk uses their
+    # leading part.
+    bufs = [(np.empty((min(chunk, C), n + n_poly(l, d), n + n_poly(l, d)), dtype=np.float64),
+             np.empty((2, min(chunk, C), n, n), dtype=np.float64)) for l, _, n in params]
     with _single_threaded_blas():
         for s in range(0, C, chunk):
             sel = slice(s, min(C, s + chunk))
