@@ -8,7 +8,8 @@ from math import comb
 import numpy as np
 from numpy.polynomial import legendre as _leg
 
-__all__ = ["multi_indices", "n_poly", "legendre_table", "poly_values", "poly_deriv_at_zero"]
+__all__ = ["multi_indices", "n_poly", "legendre_table", "poly_values", "poly_values_first",
+           "poly_deriv_at_zero"]
 
 
 def n_poly(l: int, d: int) -> int:
@@ -27,14 +28,16 @@ def multi_indices(l: int, d: int) -> np.ndarray:
     return a
 
 
-def legendre_table(y: np.ndarray, l: int) -> np.ndarray:
-    """P_0..P_l at ``y`` by the three-term recurrence; result has shape ``y.shape + (l+1,)``."""
-    out = np.empty(y.shape + (l + 1,), dtype=np.float64)
-    out[..., 0] = 1.0
+def legendre_table(y: np.ndarray, l: int, first: bool = False) -> np.ndarray:
+    """P_0..P_l at ``y`` by the three-term recurrence; result has shape ``y.shape + (l+1,)``
+    (``(l+1,) + y.shape`` when ``first``: contiguous tables, long inner loops)."""
+    out = np.empty((l + 1,) + y.shape if first else y.shape + (l + 1,), dtype=np.float64)
+    t = out if first else np.moveaxis(out, -1, 0)  # t[k] is P_k(y) in either layout
+    t[0] = 1.0
     if l >= 1:
-        out[..., 1] = y
+        t[1] = y
     for k in range(1, l):
-        out[..., k + 1] = ((2 * k + 1) * y * out[..., k] - k * out[..., k - 1]) / (k + 1)
+        t[k + 1] = ((2 * k + 1) * y * t[k] - k * t[k - 1]) / (k + 1)
     return out
 
 
@@ -53,6 +56,19 @@ def poly_values(y: np.ndarray, l: int, out: np.ndarray | None = None) -> np.ndar
         np.take(tabs[0], alphas[:, 0], axis=-1), np.take(tabs[1], alphas[:, 1], axis=-1), out=out)
     for k in range(2, d):
         out *= np.take(tabs[k], alphas[:, k], axis=-1)
+    return out
+
+
+def poly_values_first(y: np.ndarray, l: int) -> np.ndarray:
+    """:func:`poly_values` with the basis index first: ``y`` of shape (d, ...) (component
+    first), result (M, ...), contiguous. The same products in the same order, so the values are
+    bit-for-bit those of :func:`poly_values`; the layout gives long inner loops (fast for the
+    many short stencils of an assembly chunk)."""
+    d = y.shape[0]
+    alphas = multi_indices(l, d)
+    out = legendre_table(y[0], l, first=True)[alphas[:, 0]]
+    for k in range(1, d):
+        out *= legendre_table(y[k], l, first=True)[alphas[:, k]]
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from .polynomials import n_poly, poly_deriv_at_zero, poly_values
+from .polynomials import n_poly, poly_deriv_at_zero, poly_values_first
 
 __all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weights_to_csr",
            "laplacian_matrix", "gradient_matrix", "boundary_matrix", "biharmonic_matrix",
@@ -35,10 +35,11 @@ __all__ = ["stencil_params", "Operator", "make_operator", "rbffd_weights", "weig
 #: Operator order theta of each operator kind.
 THETA = {"identity": 1, "gradient": 1, "robin": 1, "laplacian": 2, "biharmonic": 4}
 
-# Stencils per batched solve: about _CHUNK_ENTRIES / (n+M)^2 (a few hundred for 2D p=4).  Measured:
-# small chunks keep the working set in cache and avoid page faults of fresh large arrays, while
-# numpy's per-call overhead stays negligible; 4096-stencil chunks were 2x slower than 256.
-_CHUNK_ENTRIES = 1_500_000
+# Stencils per batched solve: about _CHUNK_ENTRIES / (n+M)^2 (73 for 2D p=4).  Measured
+# (process time, 2D p = 4, 20k stencils, load ~4): the elementwise work of building the matrices
+# costs 0.55 s with 64-stencil chunks, 0.78 s with 256 and 0.94 s with 1024 (cache), while numpy's
+# per-call overhead stays negligible.
+_CHUNK_ENTRIES = 300_000
 # A stencil whose scaled weights sum(|w|) R^theta exceed this is treated as (nearly) singular.
 _MAX_LEBESGUE = 1e10
 _MAX_RESIDUAL = 1e-8
@@ -110,10 +111,10 @@ def _coef(c, sel):
 def _rhs(op: Operator, Y, r, R, sel, l: int, m: int):
     """Right-hand sides [L phi(|y - y_j|) ; L q_alpha] at y = 0 for a chunk.
 
-    Y (c, n, d) scaled local coordinates, r (c, n) = |Y|, R (c,) stencil radii; derivatives
-    of order k in x are those in y times R^-k.
+    Y (d, c, n) scaled local coordinates (component first), r (c, n) = |Y|, R (c,) stencil
+    radii; derivatives of order k in x are those in y times R^-k.
     """
-    c, n, d = Y.shape
+    d, c, n = Y.shape
     M = n_poly(l, d)
     rhs = np.zeros((c, n + M), dtype=np.float64)
     rm2 = r ** (m - 2)
@@ -139,12 +140,12 @@ def _rhs(op: Operator, Y, r, R, sel, l: int, m: int):
             k = 4
         elif kind[0] == "d":  # ("d", axis): d/dy_a |y - y_j|^m at 0 = -m |y_j|^(m-2) y_ja
             a = kind[1]
-            rb = -m * rm2 * Y[:, :, a]
+            rb = -m * rm2 * Y[a]
             pb = poly_deriv_at_zero(l, d, tuple(int(j == a) for j in range(d)))
             k = 1
         else:  # ("dd", (a, b)): d2/dy_a dy_b |y - y_j|^m at 0
             a, b = kind[1]  # = m r^(m-2) delta_ab + m (m-2) r^(m-4) y_ja y_jb
-            rb = m * (m - 2) * r ** (m - 4) * Y[:, :, a] * Y[:, :, b]
+            rb = m * (m - 2) * r ** (m - 4) * Y[a] * Y[b]
             if a == b:
                 rb = rb + m * rm2
             pb = poly_deriv_at_zero(l, d, tuple(int(j == a) + int(j == b) for j in range(d)))
@@ -155,30 +156,44 @@ def _rhs(op: Operator, Y, r, R, sel, l: int, m: int):
     return rhs
 
 
-def _solve_chunk(Y, r, rhs, l, m, ids):
-    """Assemble and solve the saddle systems of one chunk; check each stencil."""
-    c, n, d = Y.shape
+def _saddle_matrices(Y, l, m, K=None, work=None):
+    """The saddle matrices [[A, P], [P^T, 0]] of a chunk: ``A_ij = |y_i - y_j|^m`` (m odd),
+    ``P_ia = q_a(y_i)``; ``Y`` (d, c, n) component first. ``K`` (c, n+M, n+M) and ``work``
+    (2, c, n, n) are optional buffers. Returns ``(K, PT)`` with ``PT`` (M, c, n) = P^T.
+
+    Every entry is a fixed sequence of IEEE operations (differences, squares and their sum in
+    component order, the square root, then (m-1)/2 products), so the matrices do not depend on
+    the chunking or the layout. Pairwise distances by explicit differences (d is 2 or 3: cheaper
+    and more accurate than a batched Gram matmul)."""
+    d, c, n = Y.shape
     M = n_poly(l, d)
-    K = np.empty((c, n + M, n + M), dtype=np.float64)
+    if K is None:
+        K = np.empty((c, n + M, n + M), dtype=np.float64)
+    if work is None:
+        work = np.empty((2, c, n, n), dtype=np.float64)
+    D2, tmp = work[0], work[1]
     K[:, n:, n:] = 0.0
-    # Pairwise squared distances by explicit differences (d is 2 or 3: cheaper and more
-    # accurate than a batched Gram matmul), then r^m = (r^2)^h * r (m odd) written in place
-    # into the A block to avoid temporaries.
-    Yk = [np.ascontiguousarray(Y[:, :, k]) for k in range(d)]  # contiguous per component
-    D2 = np.empty((c, n, n), dtype=np.float64)
-    tmp = np.empty_like(D2)
-    np.subtract(Yk[0][:, :, None], Yk[0][:, None, :], out=D2)
+    np.subtract(Y[0][:, :, None], Y[0][:, None, :], out=D2)
     np.square(D2, out=D2)
     for k in range(1, d):
-        np.subtract(Yk[k][:, :, None], Yk[k][:, None, :], out=tmp)
+        np.subtract(Y[k][:, :, None], Y[k][:, None, :], out=tmp)
         np.square(tmp, out=tmp)
         D2 += tmp
     Ka = K[:, :n, :n]
     np.sqrt(D2, out=Ka)
-    for _ in range((m - 1) // 2):
+    for _ in range((m - 1) // 2):  # r^m = r (r^2)^((m-1)/2), in place
         np.multiply(Ka, D2, out=Ka)
-    P = poly_values(Y, l, out=K[:, :n, n:])
-    K[:, n:, :n] = P.transpose(0, 2, 1)
+    PT = poly_values_first(Y, l)  # (M, c, n), contiguous
+    K[:, n:, :n] = PT.transpose(1, 0, 2)
+    K[:, :n, n:] = PT.transpose(1, 2, 0)
+    return K, PT
+
+
+def _solve_chunk(Y, rhs, l, m, ids, K=None, work=None):
+    """Assemble and solve the saddle systems of one chunk (``Y`` (d, c, n)); check each
+    stencil. ``K``, ``work``: optional buffers for :func:`_saddle_matrices`."""
+    d, c, n = Y.shape
+    K, PT = _saddle_matrices(Y, l, m, K, work)
     try:
         sol = np.linalg.solve(K, rhs[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:
@@ -194,8 +209,8 @@ def _solve_chunk(Y, r, rhs, l, m, ids):
     # LU with partial pivoting is backward stable, so the residual says little; what flags a
     # (nearly) singular stencil is a non-finite result, a violated polynomial constraint
     # P^T w = L q, or huge weights.
-    res = np.abs(np.einsum("cnm,cn->cm", P, w) - rhs[:, n:]).max(1)
-    scale = np.abs(P).max((1, 2)) * np.abs(w).sum(1) + np.abs(rhs[:, n:]).max(1)
+    res = np.abs(np.einsum("mcn,cn->cm", PT, w) - rhs[:, n:]).max(1)
+    scale = np.abs(PT).max((0, 2)) * np.abs(w).sum(1) + np.abs(rhs[:, n:]).max(1)
     bad = ~np.isfinite(sol).all(1) | ~(res <= _MAX_RESIDUAL * scale)
     # Lebesgue-type size of the weights in scaled coordinates (scale-free, O(1..100) normally).
     leb = np.abs(w).sum(1) / np.maximum(np.abs(rhs[:, :n]).max(1), 1e-300)
@@ -266,19 +281,25 @@ def rbffd_weights_many(nodes, centers, ops, order: int, *, tree: cKDTree | None 
         tree = cKDTree(nodes)
     out = [(np.empty((C, n), dtype=np.int64), np.empty((C, n), dtype=np.float64))
            for _, _, n in params]
+    # One set of buffers per operator, reused by every chunk; the last chunk uses their
+    # leading part.
+    bufs = [(np.empty((min(chunk, C), n + n_poly(l, d), n + n_poly(l, d)), dtype=np.float64),
+             np.empty((2, min(chunk, C), n, n), dtype=np.float64)) for l, _, n in params]
     with _single_threaded_blas():
         for s in range(0, C, chunk):
             sel = slice(s, min(C, s + chunk))
             ctr = centers[sel]
+            c = len(ctr)
             dist_all, idx_all = tree.query(ctr, k=n_max)
-            dist_all, idx_all = dist_all.reshape(len(ctr), -1), idx_all.reshape(len(ctr), -1)
-            for op, (l, m, n), (idx_out, w_out) in zip(ops, params, out):
+            dist_all, idx_all = dist_all.reshape(c, -1), idx_all.reshape(c, -1)
+            for op, (l, m, n), (idx_out, w_out), (K, work) in zip(ops, params, out, bufs):
                 dist, idx = dist_all[:, :n], idx_all[:, :n]
                 R = dist[:, -1]
-                Y = (nodes[idx] - ctr[:, None, :]) / R[:, None, None]
+                # scaled local coordinates, component first: (d, c, n)
+                Y = np.stack([(nodes[idx, k] - ctr[:, k, None]) / R[:, None] for k in range(d)])
                 r = dist / R[:, None]
                 rhs = _rhs(op, Y, r, R, sel, l, m)
-                w = _solve_chunk(Y, r, rhs, l, m, ids[sel])
+                w = _solve_chunk(Y, rhs, l, m, ids[sel], K[:c], work[:, :c])
                 # Sorted column indices per row: canonical CSR and better SpMV locality.
                 o = np.argsort(idx, axis=1)
                 idx_out[sel] = np.take_along_axis(idx, o, 1)

@@ -18,26 +18,29 @@ def _default_bits(d: int) -> int:
     return 63 // d if d > 2 else 31
 
 
-def quantize(points: np.ndarray, bits: int) -> np.ndarray:
+def quantize(points: np.ndarray, bits: int, box=None) -> np.ndarray:
     """Integer grid coordinates in ``[0, 2**bits)`` of ``points`` (N, d), one scale for all axes.
 
     One scale (the largest extent) keeps the curve's cells square, so pieces stay compact on
-    elongated domains.
+    elongated domains. ``box`` = ``(lo, hi)``: the bounding box to scale by (default the
+    points'; a rank holding a slice passes the whole cloud's, so its keys are the serial ones).
     """
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2:
         raise ValueError(f"points must be an (N, d) array, got shape {points.shape}")
     if len(points) == 0:
         return np.zeros(points.shape, dtype=np.uint64)
-    lo = points.min(axis=0)
-    extent = float((points.max(axis=0) - lo).max())
+    lo, hi = (points.min(axis=0), points.max(axis=0)) if box is None else \
+        (np.asarray(b, dtype=np.float64) for b in box)
+    extent = float((hi - lo).max())
     scale = (2.0 ** bits - 1.0) / extent if extent > 0 else 0.0
     q = np.floor((points - lo) * scale)
     return np.clip(q, 0, 2.0 ** bits - 1).astype(np.uint64)
 
 
-def hilbert_keys(points: np.ndarray, bits: int | None = None) -> np.ndarray:
-    """Hilbert-curve index (uint64) of each point, any dimension d with d * bits <= 64.
+def hilbert_keys(points: np.ndarray, bits: int | None = None, box=None) -> np.ndarray:
+    """Hilbert-curve index (uint64) of each point, any dimension d with d * bits <= 64
+    (``box``: see :func:`quantize`).
 
     Skilling's transpose algorithm ("Programming the Hilbert curve", AIP Conf. Proc. 707, 2004),
     vectorised over the points.
@@ -47,7 +50,7 @@ def hilbert_keys(points: np.ndarray, bits: int | None = None) -> np.ndarray:
     bits = _default_bits(d) if bits is None else int(bits)
     if d * bits > 64:
         raise ValueError(f"d * bits = {d * bits} > 64: use bits <= {64 // d}")
-    X = [c.copy() for c in quantize(points, bits).T]
+    X = [c.copy() for c in quantize(points, bits, box).T]
     one = np.uint64(1)
     M = one << np.uint64(bits - 1)
     # Inverse undo of the excess work.
