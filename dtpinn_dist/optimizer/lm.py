@@ -28,14 +28,18 @@ otherwise). Step computations (``step=``):
     iterations. The factor is recomputed for the current ``lam`` when ``lam`` moved by more than
     10x from the one it was computed for.
 ``"auto"`` (default)
-    ``"cg"`` while CG converges within ``cg_maxiter`` iterations (large damping), then
-    ``"lagged"`` for good. Stays ``"cg"`` when the dense matrix does not fit ``memory_budget``
-    (bytes per rank: this rank's rows of ``J`` + the P x P matrices) or when the problem has no
-    cheap dense Jacobian (time-dependent problems: ``u_t`` by autograd).
+    chosen by a cost model (:func:`plan_auto`): with ``k`` the CG iterations that cost as much
+    as forming and factoring the normal matrix (flop counts of the problem's pieces at measured
+    rates, :func:`step_costs`), ``"dense"`` when ``k <= lag_maxiter``; otherwise ``"cg"`` with
+    a budget of ``k`` iterations per step (``cg_maxiter`` when given), and the first step whose
+    CG does not converge within it is solved directly and starts ``"lagged"`` for good. Stays
+    ``"cg"`` when the dense matrix does not fit ``memory_budget`` (bytes per rank: this rank's
+    rows of ``J`` + the P x P matrices) or when the problem has no cheap dense Jacobian
+    (time-dependent problems: ``u_t`` by autograd).
 
-Measured (``docs/levenberg_marquardt.md``): the matrix-free CG phase costs ~4x less than dense
+Measured (``docs/levenberg_marquardt.md``): the matrix-free CG phase costs less than direct
 steps while ``lam`` is large; afterwards the lagged factor keeps nearly the dense iterates at a
-fraction of their cost.
+fraction of their cost, with PCG iterations that do not grow with N.
 
 Damping: Levenberg's ``D = c I`` (default) with ``c = ||J||_F^2 / P`` at the first step (exact
 from the dense matrix; for a first CG step estimated from Rademacher probes in parameter space,
@@ -63,6 +67,51 @@ from .least_squares import JacobianTooLarge, LeastSquaresProblem, PINNLeastSquar
 __all__ = ["LevenbergMarquardt", "JacobianTooLarge", "STEP_KINDS"]
 
 STEP_KINDS = ("auto", "dense", "cg", "lagged")
+
+#: CG iterations per solve of ``step="cg"`` when ``cg_maxiter`` is not given.
+CG_MAXITER = 100
+
+#: Flop rates of one core, measured on the development machine (docs/levenberg_marquardt.md,
+#: "Choosing the step kind"): dense BLAS work (the tangent kernel's Gram products, ``J^T J``,
+#: Cholesky, the MLP's layer products: 23-47 GFLOP/s) and sparse-times-dense products (scipy
+#: CSR times a dense block, ``A K A^T``: 2-4.5 GFLOP/s). Only their ratio enters the choice.
+DENSE_FLOPS_PER_S = 25e9
+SPARSE_FLOPS_PER_S = 2.5e9
+
+
+def step_costs(work: dict, rows: int, params: int, dual: bool) -> dict:
+    """Estimated seconds of the pieces of one LM step, from :meth:`LeastSquaresProblem.work`
+    (flops summed over ranks), the residual rows and parameters: ``iteration`` (one CG
+    iteration: a ``J v`` and a ``J^T y``), ``build`` (the normal matrix: the dual ``J J^T`` from
+    the tangent kernel when ``dual``, else ``J`` and ``J^T J``) and ``factor`` (its Cholesky)."""
+    def sec(w):
+        return w[0] / DENSE_FLOPS_PER_S + w[1] / SPARSE_FLOPS_PER_S
+
+    if dual:
+        build, n = sec(work["kernel"]), rows
+    else:
+        build, n = sec(work["jacobian"]) + float(rows) * params * params / DENSE_FLOPS_PER_S, params
+    return {"iteration": 2.0 * sec(work["product"]), "build": build,
+            "factor": float(n) ** 3 / 3.0 / DENSE_FLOPS_PER_S}
+
+
+def plan_auto(costs: dict, lag_maxiter: int) -> tuple[str, int]:
+    """What ``step="auto"`` does, from :func:`step_costs`: ``("dense", 0)`` or ``("cg", k)``.
+
+    ``k = (build + factor) / iteration`` is the number of CG iterations that cost as much as
+    one direct solve. When ``k <= lag_maxiter`` a fresh factorisation costs no more than one
+    PCG attempt with an old one, so every step is solved directly (``"dense"``). Otherwise the
+    steps are matrix-free CG with a budget of ``k`` iterations per step (all trials together):
+    a step whose CG does not converge within it has spent what the factorisation costs and is
+    solved directly instead; from then on the steps are ``"lagged"`` (PCG with that factor,
+    rebuilt when it goes stale). Buying the factorisation only once CG has spent its price
+    keeps each step within twice the cost of the better of the two choices made in hindsight
+    (the ski-rental argument), whatever the sizes.
+    """
+    k = (costs["build"] + costs["factor"]) / costs["iteration"]
+    if k <= lag_maxiter:
+        return "dense", 0
+    return "cg", int(min(k, 1e9))
 
 
 def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
@@ -133,9 +182,9 @@ class LevenbergMarquardt:
         refuse (``JacobianTooLarge``) and ``"auto"`` stays matrix-free.
     cg_tol : float
         Relative residual tolerance of CG and PCG.
-    cg_maxiter : int
-        CG iterations per solve (``"cg"``; ``"auto"`` switches to ``"lagged"`` when a solve
-        needs more).
+    cg_maxiter : int, optional
+        CG iterations per solve of ``"cg"`` (default :data:`CG_MAXITER`); for ``"auto"`` the
+        CG budget per step before it factors (default: the cost model's, :func:`plan_auto`).
     lag_maxiter : int
         PCG iterations per solve of ``"lagged"`` before the factor counts as stale.
     scale_probes : int
@@ -149,7 +198,7 @@ class LevenbergMarquardt:
                  form: str = "auto", damping: str = "levenberg", lam0: float = 1.0,
                  lam_min: float = 1e-15, lam_max: float = 1e16, max_rejects: int = 30,
                  gtol: float = 0.0, xtol: float = 1e-15, ftol: float = 0.0, rtol: float = 0.0,
-                 memory_budget: float = 4e9, cg_tol: float = 1e-2, cg_maxiter: int = 100,
+                 memory_budget: float = 4e9, cg_tol: float = 1e-2, cg_maxiter: int | None = None,
                  lag_maxiter: int = 20, scale_probes: int = 4, update: str = "fixed",
                  down: float = 5.0, up: float = 3.0):
         if not isinstance(lsq, LeastSquaresProblem):
@@ -168,7 +217,10 @@ class LevenbergMarquardt:
                              "damping='levenberg'")
         if update not in ("nielsen", "fixed"):
             raise ValueError(f"unknown damping update {update!r}: use 'nielsen' or 'fixed'")
-        for name, v in (("cg_maxiter", cg_maxiter), ("lag_maxiter", lag_maxiter),
+        if cg_maxiter is not None and (not isinstance(cg_maxiter, int)
+                                       or isinstance(cg_maxiter, bool) or cg_maxiter < 1):
+            raise ValueError(f"cg_maxiter = {cg_maxiter!r}: must be an integer >= 1")
+        for name, v in (("lag_maxiter", lag_maxiter),
                         ("scale_probes", scale_probes), ("max_rejects", max_rejects)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} = {v!r}: must be an integer >= 1")
@@ -186,7 +238,7 @@ class LevenbergMarquardt:
         self.max_rejects = int(max_rejects)
         self.gtol, self.xtol, self.ftol, self.rtol = float(gtol), float(xtol), float(ftol), float(rtol)
         self.memory_budget = float(memory_budget)
-        self.cg_tol, self.cg_maxiter = float(cg_tol), int(cg_maxiter)
+        self.cg_tol, self.cg_maxiter = float(cg_tol), cg_maxiter
         self.lag_maxiter, self.scale_probes = int(lag_maxiter), int(scale_probes)
         # state (checkpointed)
         self.lam = self.lam0
@@ -209,6 +261,8 @@ class LevenbergMarquardt:
         self._pre = None        # lagged: {"form", "M", "lam"}: the matrix and the lam of L
         self._pre_L = None      # its Cholesky factor (recomputed from M after a restore)
         self._dense_ok = None   # the dense matrix fits the memory budget (collective, once)
+        self._plan = None       # auto: plan_auto's (kind, CG budget) (collective, once)
+        self.costs = None       # auto: step_costs' estimates behind the plan
 
     # ------------------------------------------------------------------ sizes and choices
     def _use_dual(self, m: int, p: int) -> bool:
@@ -258,16 +312,45 @@ class LevenbergMarquardt:
                 self._dense_ok = False
         return self._dense_ok
 
+    def _factor_ok(self) -> bool:
+        """Whether ``"auto"`` may form the dense matrix (cheap Jacobian, within the budget)."""
+        return self.lsq.has_fast_jacobian() and self._dense_fits()
+
+    def plan(self) -> tuple[str, int]:
+        """``"auto"``'s choice (:func:`plan_auto`) for this problem (collective, once).
+
+        The flops are summed over ranks and the rows counted globally, so every rank and every
+        rank count makes the same choice."""
+        if self._plan is None:
+            m, P = self.lsq.jacobian_shape()
+            w = self.lsq.work()
+            dual = self._use_dual(m, P) and w.get("kernel") is not None
+            key = "kernel" if dual else "jacobian"
+            parts = self.comm.allgather((m, w["product"], w[key]))
+            tot = {"product": tuple(sum(x[1][i] for x in parts) for i in (0, 1)),
+                   key: tuple(sum(x[2][i] for x in parts) for i in (0, 1))}
+            self.costs = step_costs(tot, sum(x[0] for x in parts), P, dual)
+            self._plan = plan_auto(self.costs, self.lag_maxiter)
+        return self._plan
+
     def resolve_step(self) -> str:
         """The kind the next step uses: 'dense', 'cg' or 'lagged' (collective)."""
         if self.step_kind in ("dense", "lagged"):
             self._check_memory()
             return self.step_kind
-        if self.step_kind == "cg":
+        if self.step_kind == "cg" or not self._factor_ok():
             return "cg"
-        if self.phase == "lagged" and self.lsq.has_fast_jacobian() and self._dense_fits():
-            return "lagged"
-        return "cg"
+        if self.plan()[0] == "dense":
+            return "dense"
+        return "lagged" if self.phase == "lagged" else "cg"
+
+    def _cg_budget(self) -> int:
+        """CG iterations per solve (``"cg"``) or per step before factoring (``"auto"``)."""
+        if self.cg_maxiter is not None:
+            return self.cg_maxiter
+        if self.step_kind == "auto" and self._factor_ok():
+            return max(1, self.plan()[1])
+        return CG_MAXITER
 
     # ------------------------------------------------------------------ helpers
     def _loss(self, r):
@@ -317,6 +400,101 @@ class LevenbergMarquardt:
     def _shift(self, lam, dual):
         return lam * float(self.D[0]) if dual else lam * self.D
 
+    # ------------------------------------------------------------------ step solvers
+    # Each returns ``solve(lam) -> p`` (None when the damped matrix is not positive definite)
+    # for one linearisation; ``info`` collects the counters of the step's record, ``cache``
+    # what the predicted decrease can reuse, ``state`` the kind and form the step ends with.
+
+    def _dense_solver(self, lin, r, g, info, cache, state):
+        M, dual = self._build(lin, self._use_dual(r.numel(), g.numel()))
+        info["rebuilt"], state["dual"] = True, dual
+
+        def solve(lam):
+            L = _cholesky(M, self._shift(lam, dual))
+            info["refactors"] += 1
+            if L is None:
+                return None
+            return _direct_step(L, M, dual, lin, r, g, cache)
+        return solve
+
+    def _cg_solver(self, lin, r, g, info, cache, state):
+        """Matrix-free CG. ``"auto"`` with the dense matrix allowed: a budget of
+        :meth:`_cg_budget` iterations for the whole step; a solve that misses ``cg_tol``
+        within what is left switches this step to the direct solve of a freshly built matrix
+        and the following steps to ``"lagged"``. Otherwise every solve gets the budget and a
+        truncated solve still gives a descent direction."""
+        comm = self.comm
+        if self.D is None:
+            c = frobenius_scale(lin, comm, g.numel(), self.scale_probes, seed=self.steps)
+            self.D = torch.full_like(g, c)
+        budget = self._cg_budget()
+        switch = self.step_kind == "auto" and self._factor_ok()
+        direct = []
+
+        def solve(lam):
+            if not direct:
+                left = budget - info["cg_iters"] if switch else budget
+                if left > 0:
+                    D = self.D
+                    p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g, None,
+                                self.cg_tol, left)
+                    info["cg_iters"] += it["iters"]
+                    info["cg_converged"] &= it["converged"]
+                    if it["converged"] or not switch:
+                        return p
+                # CG has spent what the factorisation costs: factor, and keep the factor
+                self._refresh, self.phase = True, "lagged"
+                info["switched"], state["kind"] = True, "lagged"
+                direct.append(self._lagged_solver(lin, r, g, info, cache, state))
+            return direct[0](lam)
+        return solve
+
+    def _lagged_solver(self, lin, r, g, info, cache, state):
+        if self._refresh or self._pre is None:
+            self._pre, self._pre_L = None, None  # free the old matrix first
+            M, dual = self._build(lin, self._use_dual(r.numel(), g.numel()))
+            self._pre = {"form": "dual" if dual else "primal", "M": M, "lam": None}
+            self._refresh = False
+            info["rebuilt"] = True
+        pre = self._pre
+        dual = state["dual"] = pre["form"] == "dual"
+        fresh = info["rebuilt"]
+        comm = self.comm
+
+        def factor(lam):
+            """The factor of M + lam D: exact when M is this step's matrix, else reused
+            while lam is within 10x of the lam it was computed for."""
+            if self._pre_L is None and pre["lam"] is not None:  # after a restore
+                self._pre_L = _cholesky(pre["M"], self._shift(pre["lam"], dual))
+            near = pre["lam"] is not None and (lam == pre["lam"] if fresh else
+                                               0.1 <= lam / pre["lam"] <= 10.0)
+            if not near or self._pre_L is None:
+                self._pre_L = _cholesky(pre["M"], self._shift(lam, dual))
+                pre["lam"] = lam
+                info["refactors"] += 1
+            return self._pre_L
+
+        def solve(lam):
+            L = factor(lam)
+            if L is None:
+                return None
+            if fresh:  # this step's own matrix: the direct (dense) solve
+                return _direct_step(L, pre["M"], dual, lin, r, g, cache)
+            if dual:  # residual-space PCG on (J J^T + lam c I) z = r, p = -J^T z
+                c = lam * float(self.D[0])
+                z, it = pcg(lambda y: lin.jvp(lin.vjp(y)) + c * y, r,
+                            lambda y: _chol_solve(L, y), self.cg_tol, self.lag_maxiter)
+                p = -lin.vjp(z)
+            else:
+                D = self.D
+                p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g,
+                            lambda v: _chol_solve(L, v), self.cg_tol, self.lag_maxiter)
+            info["cg_iters"] += it["iters"]
+            info["cg_converged"] &= it["converged"]
+            info["stale"] |= not it["converged"]
+            return p
+        return solve
+
     # ------------------------------------------------------------------ one iteration
     def step(self, closure=None):
         """One LM iteration: linearise, then try steps (raising lam) until one is accepted.
@@ -337,76 +515,17 @@ class LevenbergMarquardt:
         r = lin.r
         F = self._loss(r)
         g = comm.sum(lin.vjp(r))
-        m, P = r.numel(), g.numel()
         rec = {"step": self.steps + 1, "kind": kind, "loss_before": F, "accepted": False}
-        info = {"cg_iters": 0, "cg_converged": True, "rebuilt": False, "refactors": 0}
+        info = {"cg_iters": 0, "cg_converged": True, "rebuilt": False, "refactors": 0,
+                "stale": False, "switched": False}
         cache = {}
-
+        state = {"kind": kind, "dual": False}
         if kind == "dense":
-            M, dual = self._build(lin, self._use_dual(m, P))
-            info["rebuilt"] = True
-
-            def solve(lam):
-                L = _cholesky(M, self._shift(lam, dual))
-                info["refactors"] += 1
-                if L is None:
-                    return None
-                return _direct_step(L, M, dual, lin, r, g, cache)
+            solve = self._dense_solver(lin, r, g, info, cache, state)
         elif kind == "cg":
-            dual = False
-            if self.D is None:
-                c = frobenius_scale(lin, comm, P, self.scale_probes, seed=self.steps)
-                self.D = torch.full_like(g, c)
-
-            def solve(lam):
-                D = self.D
-                p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g, None,
-                            self.cg_tol, self.cg_maxiter)
-                info["cg_iters"] += it["iters"]
-                info["cg_converged"] &= it["converged"]
-                return p
-        else:  # lagged
-            if self._refresh or self._pre is None:
-                self._pre, self._pre_L = None, None  # free the old matrix first
-                M, dual = self._build(lin, self._use_dual(m, P))
-                self._pre = {"form": "dual" if dual else "primal", "M": M, "lam": None}
-                self._refresh = False
-                info["rebuilt"] = True
-            pre = self._pre
-            dual = pre["form"] == "dual"
-            fresh = info["rebuilt"]
-
-            def factor(lam):
-                """The factor of M + lam D: exact when M is this step's matrix, else reused
-                while lam is within 10x of the lam it was computed for."""
-                if self._pre_L is None and pre["lam"] is not None:  # after a restore
-                    self._pre_L = _cholesky(pre["M"], self._shift(pre["lam"], dual))
-                near = pre["lam"] is not None and (lam == pre["lam"] if fresh else
-                                                   0.1 <= lam / pre["lam"] <= 10.0)
-                if not near or self._pre_L is None:
-                    self._pre_L = _cholesky(pre["M"], self._shift(lam, dual))
-                    pre["lam"] = lam
-                    info["refactors"] += 1
-                return self._pre_L
-
-            def solve(lam):
-                L = factor(lam)
-                if L is None:
-                    return None
-                if fresh:  # this step's own matrix: the direct (dense) solve
-                    return _direct_step(L, pre["M"], dual, lin, r, g, cache)
-                if dual:  # residual-space PCG on (J J^T + lam c I) z = r, p = -J^T z
-                    c = lam * float(self.D[0])
-                    z, it = pcg(lambda y: lin.jvp(lin.vjp(y)) + c * y, r,
-                                lambda y: _chol_solve(L, y), self.cg_tol, self.lag_maxiter)
-                    p = -lin.vjp(z)
-                else:
-                    D = self.D
-                    p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g,
-                                lambda v: _chol_solve(L, v), self.cg_tol, self.lag_maxiter)
-                info["cg_iters"] += it["iters"]
-                info["cg_converged"] &= it["converged"]
-                return p
+            solve = self._cg_solver(lin, r, g, info, cache, state)
+        else:
+            solve = self._lagged_solver(lin, r, g, info, cache, state)
 
         self.last_loss = F
         gnorm = float(g.abs().max()) if g.numel() else 0.0
@@ -456,18 +575,17 @@ class LevenbergMarquardt:
                                     f"(lambda {self.lam:.3e})")
                 rec["loss"] = F
         # what the next step does
-        if kind == "lagged" and (not info["cg_converged"] or not rec["accepted"]):
+        kind, dual = state["kind"], state["dual"]
+        if kind == "lagged" and (info["stale"] or not rec["accepted"]):
             self._refresh = True  # the old factor no longer preconditions well
-        if self.step_kind == "auto" and kind == "cg" and not info["cg_converged"]:
-            self.phase = "lagged"
         self.cg_iters += info["cg_iters"]
         self.products += lin.products
         self.steps += 1
         self.elapsed += time.perf_counter() - t0
         # time and time_s (the trainer's key): LM training time so far, metrics excluded
-        rec.update(form="dual" if dual else "primal", lam=self.lam, rejects=rejects,
+        rec.update(kind=kind, form="dual" if dual else "primal", lam=self.lam, rejects=rejects,
                    cg_iters=info["cg_iters"], cg_converged=info["cg_converged"],
-                   rebuilt=info["rebuilt"], rebuilds=self.rebuilds,
+                   rebuilt=info["rebuilt"], switched=info["switched"], rebuilds=self.rebuilds,
                    refactors=info["refactors"], products=lin.products,
                    products_via=lin.kind, evals=self.evals, jac_evals=self.jac_evals,
                    time=self.elapsed, time_s=self.elapsed)
