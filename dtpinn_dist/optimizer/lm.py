@@ -25,8 +25,9 @@ otherwise). Step computations (``step=``):
     or serially with fewer rows than parameters the dual rows x rows). When PCG misses
     ``cg_tol`` within ``lag_maxiter`` iterations (per step, all trials), the matrix is rebuilt
     at once and that step solved directly with it (no truncated step is taken); also after a
-    step that failed; in between a step costs a few PCG iterations. The factor is recomputed for the current ``lam`` when ``lam`` moved by more than
-    10x from the one it was computed for.
+    step that failed; in between a step costs a few PCG iterations. The factor is recomputed
+    for the current ``lam`` when ``lam`` moved by more than 10x from the one it was computed
+    for.
 ``"auto"`` (default)
     chosen by a cost model (:func:`plan_auto`): with ``k`` the CG iterations that cost as much
     as forming and factoring the normal matrix (flop counts of the problem's pieces at measured
@@ -103,15 +104,16 @@ def plan_auto(costs: dict, lag_maxiter: int) -> tuple[str, int]:
     PCG attempt with an old one, so every step is solved directly (``"dense"``). Otherwise the
     steps are matrix-free CG with a budget of ``k`` iterations per step (all trials together):
     a step whose CG does not converge within it has spent what the factorisation costs and is
-    solved directly instead; from then on the steps are ``"lagged"`` (PCG with that factor,
-    rebuilt when it goes stale). Buying the factorisation only once CG has spent its price
-    keeps each step within twice the cost of the better of the two choices made in hindsight
-    (the ski-rental argument), whatever the sizes.
+    solved directly instead; from then on the steps are ``"lagged"`` (PCG with that factor;
+    a step whose PCG misses within ``lag_maxiter`` is again solved directly). Buying the
+    factorisation only once CG has spent its price keeps each step within twice the cost of
+    the better of the two choices made in hindsight (the ski-rental argument), whatever the
+    sizes.
     """
     k = (costs["build"] + costs["factor"]) / costs["iteration"]
     if k <= lag_maxiter:
         return "dense", 0
-    return "cg", int(min(k, 1e9))
+    return "cg", int(k)
 
 
 def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
@@ -223,11 +225,10 @@ class LevenbergMarquardt:
                              "damping='levenberg'")
         if update not in ("nielsen", "fixed"):
             raise ValueError(f"unknown damping update {update!r}: use 'nielsen' or 'fixed'")
-        if cg_maxiter is not None and (not isinstance(cg_maxiter, int)
-                                       or isinstance(cg_maxiter, bool) or cg_maxiter < 1):
-            raise ValueError(f"cg_maxiter = {cg_maxiter!r}: must be an integer >= 1")
-        for name, v in (("lag_maxiter", lag_maxiter),
+        for name, v in (("cg_maxiter", cg_maxiter), ("lag_maxiter", lag_maxiter),
                         ("scale_probes", scale_probes), ("max_rejects", max_rejects)):
+            if v is None and name == "cg_maxiter":  # the default: see _cg_budget
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} = {v!r}: must be an integer >= 1")
         if not (cg_tol > 0 and cg_tol < 1):
