@@ -324,13 +324,14 @@ def test_fit_with_gn_records_the_step_in_the_history(disk):
 # ------------------------------------------------------------------ auto's cost model (issue 17)
 def test_plan_auto_is_the_cost_ratio_against_lag_maxiter():
     """k = (build + factor) / iteration: dense when a factorisation costs at most lag_maxiter
-    CG iterations, else CG with a budget of k iterations per step (floor)."""
+    CG iterations, else CG with a budget of k iterations (floor) for a step's first trial and
+    k_trial = factor / iteration more for each further one."""
     from dtpinn_dist.optimizer.lm import plan_auto
 
-    assert plan_auto({"iteration": 1.0, "build": 10.0, "factor": 5.0}, 20) == ("dense", 0)
-    assert plan_auto({"iteration": 1.0, "build": 15.0, "factor": 5.0}, 20) == ("dense", 0)
-    assert plan_auto({"iteration": 1.0, "build": 15.5, "factor": 5.0}, 20) == ("cg", 20)
-    assert plan_auto({"iteration": 0.01, "build": 3.0, "factor": 2.0}, 20) == ("cg", 500)
+    assert plan_auto({"iteration": 1.0, "build": 10.0, "factor": 5.0}, 20) == ("dense", 0, 0)
+    assert plan_auto({"iteration": 1.0, "build": 15.0, "factor": 5.0}, 20) == ("dense", 0, 0)
+    assert plan_auto({"iteration": 1.0, "build": 15.5, "factor": 5.0}, 20) == ("cg", 20, 5)
+    assert plan_auto({"iteration": 0.01, "build": 3.0, "factor": 2.0}, 20) == ("cg", 500, 200)
     # only ratios matter: the same plan on a machine uniformly 7x faster
     assert plan_auto({"iteration": 0.01 / 7, "build": 3.0 / 7, "factor": 2.0 / 7}, 20)[0] == "cg"
 
@@ -354,7 +355,8 @@ def test_step_costs_follow_the_flop_counts():
 def test_auto_picks_dense_for_cheap_factorisations_and_cg_otherwise(shape, kind):
     """On an explicit J (m x P) the counts are 2 m P per product, m P^2 (primal) or 2 m^2 P
     (dual, m < P) per normal matrix: k = P/4 + P^2/(12 m) = 3.3 for 40 x 12 (dense), and
-    k = m/2 + m^2/(12 P) = 108 for 200 x 400 (CG, budget 108)."""
+    k = m/2 + m^2/(12 P) = 108 for 200 x 400 (CG, budget 108 for a step's first trial and
+    k_trial = m^2/(12 P) = 8 more for each further one)."""
     from dtpinn_dist.optimizer.least_squares import DenseLeastSquares
 
     gen = torch.Generator().manual_seed(3)
@@ -363,7 +365,14 @@ def test_auto_picks_dense_for_cheap_factorisations_and_cg_otherwise(shape, kind)
     lm = LevenbergMarquardt(DenseLeastSquares(A, b))
     m, P = shape
     k = P / 4 + P * P / (12 * m) if m >= P else m / 2 + m * m / (12 * P)
-    assert lm.plan() == ((kind, 0) if kind == "dense" else (kind, int(k)))
+    if kind == "dense":
+        assert lm.plan() == ("dense", 0, 0)
+    else:
+        k_trial = int(m * m / (12 * P))
+        assert lm.plan() == ("cg", int(k), k_trial)
+        # the budget a step's t-th trial may still spend after the earlier trials spent some
+        assert lm._cg_budget(1, 0) == int(k)
+        assert lm._cg_budget(3, 150) == int(k) + 2 * k_trial - 150
     assert lm.resolve_step() == kind
     lm.step()
     assert lm.history[-1]["kind"] == kind

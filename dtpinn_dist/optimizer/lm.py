@@ -32,8 +32,9 @@ otherwise). Step computations (``step=``):
     chosen by a cost model (:func:`plan_auto`): with ``k`` the CG iterations that cost as much
     as forming and factoring the normal matrix (flop counts of the problem's pieces at measured
     rates, :func:`step_costs`), ``"dense"`` when ``k <= lag_maxiter``; otherwise ``"cg"`` with
-    a budget of ``k`` iterations per step (``cg_maxiter`` when given), and the first step whose
-    CG does not converge within it is solved directly and starts ``"lagged"`` for good. Stays
+    a budget per step of what the direct path would spend on the same trials (``k``, plus one
+    Cholesky's worth per further trial; ``cg_maxiter`` per solve when given), and the first
+    step whose CG does not converge within it is solved directly and starts ``"lagged"``. Stays
     ``"cg"`` when the dense matrix does not fit ``memory_budget`` (bytes per rank: this rank's
     rows of ``J`` + the P x P matrices) or when the problem has no cheap dense Jacobian
     (time-dependent problems: ``u_t`` by autograd).
@@ -96,24 +97,27 @@ def step_costs(work: dict, rows: int, params: int, dual: bool) -> dict:
             "factor": float(n) ** 3 / 3.0 / DENSE_FLOPS_PER_S}
 
 
-def plan_auto(costs: dict, lag_maxiter: int) -> tuple[str, int]:
-    """What ``step="auto"`` does, from :func:`step_costs`: ``("dense", 0)`` or ``("cg", k)``.
+def plan_auto(costs: dict, lag_maxiter: int) -> tuple[str, int, int]:
+    """What ``step="auto"`` does, from :func:`step_costs`: ``("dense", 0, 0)`` or
+    ``("cg", k, k_trial)``.
 
     ``k = (build + factor) / iteration`` is the number of CG iterations that cost as much as
-    one direct solve. When ``k <= lag_maxiter`` a fresh factorisation costs no more than one
-    PCG attempt with an old one, so every step is solved directly (``"dense"``). Otherwise the
-    steps are matrix-free CG with a budget of ``k`` iterations per step (all trials together):
-    a step whose CG does not converge within it has spent what the factorisation costs and is
-    solved directly instead; from then on the steps are ``"lagged"`` (PCG with that factor;
-    a step whose PCG misses within ``lag_maxiter`` is again solved directly). Buying the
+    one direct solve, ``k_trial = factor / iteration`` what each further trial of a step costs
+    the direct path (one Cholesky at the new ``lam``). When ``k <= lag_maxiter`` a fresh
+    factorisation costs no more than one PCG attempt with an old one, so every step is solved
+    directly (``"dense"``). Otherwise the steps are matrix-free CG with a budget of
+    ``k + (t - 1) k_trial`` iterations by its t-th trial (all trials together): what the direct
+    path would have spent on the same trials. A step whose CG does not converge within it is
+    solved directly instead; from then on the steps are ``"lagged"`` (PCG with that factor; a
+    step whose PCG misses within ``lag_maxiter`` is again solved directly). Buying the
     factorisation only once CG has spent its price keeps each step within twice the cost of
     the better of the two choices made in hindsight (the ski-rental argument), whatever the
     sizes.
     """
     k = (costs["build"] + costs["factor"]) / costs["iteration"]
     if k <= lag_maxiter:
-        return "dense", 0
-    return "cg", int(k)
+        return "dense", 0, 0
+    return "cg", int(k), int(costs["factor"] / costs["iteration"])
 
 
 def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
@@ -190,8 +194,9 @@ class LevenbergMarquardt:
     cg_tol : float
         Relative residual tolerance of CG and PCG.
     cg_maxiter : int, optional
-        CG iterations per solve of ``"cg"`` (default :data:`CG_MAXITER`); for ``"auto"`` the
-        CG budget per step before it factors (default: the cost model's, :func:`plan_auto`).
+        CG iterations per solve of ``"cg"`` (default :data:`CG_MAXITER`) and of ``"auto"``
+        before it factors (default for ``"auto"``: the cost model's step budget,
+        :func:`plan_auto`).
     lag_maxiter : int
         PCG iterations per step of ``"lagged"`` (all trials together); a solve that misses
         ``cg_tol`` within them rebuilds the matrix and that step is solved directly.
@@ -351,12 +356,16 @@ class LevenbergMarquardt:
             return "dense"
         return "lagged" if self.phase == "lagged" else "cg"
 
-    def _cg_budget(self) -> int:
-        """CG iterations per solve (``"cg"``) or per step before factoring (``"auto"``)."""
+    def _cg_budget(self, trial: int, spent: int) -> int:
+        """CG iterations the ``trial``-th solve of a step may use (``spent`` by the earlier
+        trials): ``cg_maxiter`` per solve when given, else for ``"auto"`` (dense matrix
+        allowed) the cost model's step budget ``k + (trial - 1) k_trial`` minus ``spent``,
+        else :data:`CG_MAXITER` per solve."""
         if self.cg_maxiter is not None:
             return self.cg_maxiter
         if self.step_kind == "auto" and self._factor_ok():
-            return max(1, self.plan()[1])
+            _, k, k_trial = self.plan()
+            return k + (trial - 1) * k_trial - spent
         return CG_MAXITER
 
     # ------------------------------------------------------------------ helpers
@@ -425,22 +434,21 @@ class LevenbergMarquardt:
         return solve
 
     def _cg_solver(self, lin, r, g, info, cache, state):
-        """Matrix-free CG. ``"auto"`` with the dense matrix allowed: a budget of
-        :meth:`_cg_budget` iterations for the whole step; a solve that misses ``cg_tol``
-        within what is left switches this step to the direct solve of a freshly built matrix
-        and the following steps to ``"lagged"``. Otherwise every solve gets the budget and a
-        truncated solve still gives a descent direction."""
+        """Matrix-free CG, each solve within :meth:`_cg_budget`. ``"auto"`` with the dense
+        matrix allowed: a solve that misses ``cg_tol`` within it switches this step to the
+        direct solve of a freshly built matrix and the following steps to ``"lagged"``.
+        Otherwise a truncated solve still gives a descent direction."""
         comm = self.comm
         if self.D is None:
             c = frobenius_scale(lin, comm, g.numel(), self.scale_probes, seed=self.steps)
             self.D = torch.full_like(g, c)
-        budget = self._cg_budget()
         switch = self.step_kind == "auto" and self._factor_ok()
-        direct = []
+        direct, trials = [], [0]
 
         def solve(lam):
             if not direct:
-                left = budget - info["cg_iters"] if switch else budget
+                trials[0] += 1
+                left = self._cg_budget(trials[0], info["cg_iters"])
                 if left > 0:
                     D = self.D
                     p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g, None,
