@@ -278,8 +278,9 @@ def test_auto_switches_from_cg_to_lagged_unless_memory_forbids(nonlinear):
         first = lm.history[0]
         if budget > 1e3:
             assert first["switched"] and first["rebuilt"] and first["cg_iters"] == 3
-            # lagged: at most lag_maxiter = 1 PCG iteration per step, then its own matrix
-            assert all(h["cg_iters"] <= 1 for h in lm.history[1:])
+            # auto's lagged steps: PCG within the same budget (cg_maxiter = 3 per solve), then
+            # the step's own matrix
+            assert all(h["cg_iters"] <= 3 * (1 + h["rejects"]) for h in lm.history[1:])
         else:
             assert not first["switched"] and lm.rebuilds == 0
             assert first["cg_iters"] == 3 * (1 + first["rejects"])  # the budget per solve

@@ -141,9 +141,9 @@ def test_lm_lockstep_bit_identical_parameters(comm, cloud, kind, step, n):
     histories, plans = {}, {}
     for name, system in (("serial", serial), ("dist", dist)):
         prob, model, lsq = _setup(system)
-        # CG solved tightly (see below); auto: a budget of 5 CG iterations, so its first
-        # step switches to the direct solve, then lagged PCG with room to converge (40: below
-        # the plan's k = 47 here, or auto would choose dense)
+        # CG solved tightly (see below); auto: a budget of 5 CG (then PCG) iterations per
+        # solve, so its first step switches to the direct solve, then lagged steps (PCG or,
+        # when it misses, direct); lag_maxiter 40 < the plan's k = 47 here (else: dense)
         lm = LevenbergMarquardt(lsq, step=step, form="primal", cg_tol=1e-10,
                                 cg_maxiter=5 if step == "auto" else 400,
                                 lag_maxiter=40 if step == "auto" else 20)

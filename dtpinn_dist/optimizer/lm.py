@@ -502,11 +502,23 @@ class LevenbergMarquardt:
                 info["refactors"] += 1
             return self._pre_L
 
-        def solve(lam):
-            left = self.lag_maxiter - info["pcg_iters"]
-            if not cur["fresh"] and left <= 0:
-                info["switched"] = True
-                rebuild()
+        trials = [0]
+
+        def budget():
+            """PCG iterations this trial may still use: ``lag_maxiter`` per step by hand; for
+            ``"auto"`` the budget of its CG steps (:meth:`_cg_budget`: what the direct solve
+            of the same trials would cost)."""
+            if self.step_kind == "auto":
+                return self._cg_budget(trials[0], info["pcg_iters"])
+            return self.lag_maxiter - info["pcg_iters"]
+
+        def solve(lam, spent=False):
+            if not cur["fresh"]:
+                trials[0] += 0 if spent else 1
+                left = 0 if spent else budget()
+                if left <= 0:
+                    info["switched"] = True
+                    rebuild()
             L = factor(lam)
             if L is None:
                 return None
@@ -526,8 +538,7 @@ class LevenbergMarquardt:
             if it["converged"]:
                 return p
             info["cg_converged"] = False
-            info["pcg_iters"] = self.lag_maxiter  # spent: factor this step's own matrix
-            return solve(lam)
+            return solve(lam, spent=True)  # spent: factor this step's own matrix
         return solve
 
     # ------------------------------------------------------------------ one iteration
