@@ -40,8 +40,8 @@ otherwise). Step computations (``step=``):
     (time-dependent problems: ``u_t`` by autograd).
 
 Measured (``docs/levenberg_marquardt.md``): the matrix-free CG phase costs less than direct
-steps while ``lam`` is large; afterwards the lagged factor keeps nearly the dense iterates at a
-fraction of their cost, with PCG iterations that do not grow with N.
+steps while ``lam`` is large; afterwards PCG with the lagged factor needs tens of iterations
+where plain CG needs hundreds.
 
 Damping: Levenberg's ``D = c I`` (default) with ``c = ||J||_F^2 / P`` at the first step (exact
 from the dense matrix; for a first CG step estimated from Rademacher probes in parameter space,
