@@ -24,6 +24,16 @@ best error and when, the time to each target (DeepXDE's best in this run, the is
 ``--reduced`` (default): N = 4977, linear and nonlinear Poisson, 60 s per method. ``--full``:
 N = 4977 and 19638, 300 s per method, heat (N = 828, Nt = 24) against L-BFGS as well.
 
+``--kinds`` (issue 17): the LM step kinds side by side, linear Poisson, ``--kinds-cases``
+``N:ENTRY:BUDGET`` (ENTRY ``lm`` = ``optimizer="lm"`` from the random start, or a schedule such
+as ``lbfgs:3,lm``). Methods: ``old-default`` (the package at ``--old-commit``, unpacked with
+``git archive``, default LM flags), ``auto`` (this tree, default flags), ``dense``, ``cg``,
+``lagged`` (this tree, the kind by hand). Each method runs in its own process, one at a time,
+one thread; reported: time to fixed errors (DeepXDE's best in 90-s and 300-s runs from
+``docs/RESULTS.md``, 2.4e-5, 3x the floor), best error and when, and the LM counters. Budgets
+and times are the process's CPU seconds (``--clock cpu``, the default: on a shared machine wall
+time measures the share each process got) or wall seconds (``--clock wall``).
+
 Usage::
 
     python benchmarks/bench_gauss_newton.py --reduced --deepxde \
@@ -48,6 +58,9 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+if os.environ.get("DTPINN_BENCH_TREE"):  # --kinds child: the package of another commit
+    sys.path.insert(0, os.environ["DTPINN_BENCH_TREE"])
 
 import dtpinn_dist as dt  # noqa: E402
 
@@ -81,13 +94,13 @@ def summarize(name, hist, res, extra=None):
 
 
 def run_fit(disc, budget, **settings):
-    t_cpu, t_wall, l0 = time.process_time(), time.perf_counter(), load()
+    t_cpu, t_wall, l0 = time.process_time(), time.monotonic(), load()
     out = dt.fit(disc, steps=10 ** 6, time_budget=budget, seed=0, verbose=False, **settings)
     res = out.result
     lm = getattr(out.trainer, "optimizer", None)
     info = {"load_before": l0, "load_after": load(),
             "process_cpu_s": time.process_time() - t_cpu,
-            "wall_s": time.perf_counter() - t_wall}
+            "wall_s": time.monotonic() - t_wall}
     return res.history, res, lm, info
 
 
@@ -198,6 +211,104 @@ def case(kind, n, budget, args, with_deepxde):
             "ratios": ratios}
 
 
+#: DeepXDE's best errors on the 1663-node disk and when (docs/RESULTS.md section 2, same
+#: machine): 90-s runs and 300-s runs. Errors the kinds are timed to, besides 3x the floor.
+DEEPXDE_1663 = {"1.04e-4": (1.04e-4, 85.2), "4.29e-5": (4.29e-5, 120.0)}
+KIND_METHODS = ("old-default", "auto", "dense", "cg", "lagged")
+
+
+def kinds_one(spec):
+    """One run of ``--kinds`` (in a child process): summary as a dict. With ``clock="cpu"``
+    the trainer's and LM's clock (``time.perf_counter``) is this process's CPU time, so the
+    time budget and every time reported are CPU seconds of the method: on a machine shared by
+    more processes than cores, wall time measures the share a process got, not the method."""
+    if spec.get("clock") == "cpu":
+        time.perf_counter = time.process_time
+    torch.set_num_threads(1)
+    disc = make_disc("poisson", spec["n"])
+    lm_opts = {} if spec["step"] == "default" else {"step": spec["step"]}
+    entry = spec["entry"]
+    kw = {"optimizer": "lm"} if entry == "lm" else {"schedule": entry + ":" + str(10 ** 6)}
+    hist, res, lm, info = run_fit(disc, spec["budget"], eval_every=1, lm=lm_opts, **kw)
+    out = summarize(spec["method"], hist, res, {**info, **lm_summary(lm)})
+    if lm is not None and hasattr(lm, "history"):
+        out["lm_records"] = [{k: h.get(k) for k in ("kind", "cg_iters", "rejects", "rebuilt",
+                                                     "switched", "lam_step", "time")}
+                             for h in lm.history]
+        out["lm_plan"] = list(lm.plan()) if hasattr(lm, "plan") else None
+        out["lm_costs"] = getattr(lm, "costs", None)
+    return out
+
+
+def kinds_case(n, entry, budget, args, old_tree):
+    import subprocess
+
+    floor = dt.solve_discrete(make_disc("poisson", n)).rel_l2_nodes
+    targets = {k: v[0] for k, v in DEEPXDE_1663.items()} if n == 1663 else {}
+    targets.update({"2.4e-5": 2.4e-5, "3x_floor": 3 * floor})
+    print(f"== kinds: poisson N = {n}, entry {entry}, {budget:g} s per method, floor "
+          f"{floor:.3e}, load {load()}", flush=True)
+    rows = {}
+    for method in args.kind_methods:
+        spec = {"n": n, "entry": entry, "budget": budget, "method": method, "clock": args.clock,
+                "step": "default" if method in ("old-default", "auto") else method}
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        env.pop("DTPINN_BENCH_TREE", None)
+        if method == "old-default":
+            env["DTPINN_BENCH_TREE"] = old_tree
+        proc = subprocess.run([sys.executable, __file__, "--kinds-one", json.dumps(spec)],
+                              env=env, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            rows[method] = {"method": method, "error": proc.stderr[-2000:]}
+            print(f"  {method}: failed\n{proc.stderr[-2000:]}", flush=True)
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r["time_to"] = {t: next((c[0] for c in r["curve"] if c[1] is not None and c[1] <= v),
+                                None) for t, v in targets.items()}
+        rows[method] = r
+        kinds = r.get("gn_kinds")
+        print(f"  {method:11s} best {r['best_rel_l2']:.2e} at {r['best_at_s']:6.1f} s; "
+              + ", ".join(f"t({t}) {'-' if v is None else f'{v:.1f}'}"
+                          for t, v in r["time_to"].items())
+              + f"; kinds {kinds}, CG its {r.get('gn_cg_iters')}, rebuilds "
+              f"{r.get('gn_rebuilds')}, rejected {r.get('gn_rejected')}; load "
+              f"{r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}", flush=True)
+    speedups = {}
+    if n == 1663:
+        for t, (_, t_dx) in DEEPXDE_1663.items():
+            for method, r in rows.items():
+                v = r.get("time_to", {}).get(t)
+                if v:
+                    speedups[f"deepxde/{method} at {t}"] = t_dx / v
+    for k_, v in speedups.items():
+        print(f"  speed-up {k_}: {v:.1f}x", flush=True)
+    return {"kind": "poisson", "N": n, "entry": entry, "budget_s": budget, "floor": floor,
+            "targets": targets, "methods": rows, "deepxde_speedups": speedups}
+
+
+def kinds_cases(text):
+    """``"1663:lm:60,1663:lbfgs:3,lm:60"`` -> [(1663, "lm", 60.0), (1663, "lbfgs:3,lm", 60.0)]
+    (an entry may itself hold ':' and ','; a case starts at each ``N:`` with N an integer)."""
+    import re
+
+    out = []
+    for m in re.finditer(r"(\d+):(.+?):(\d+(?:\.\d*)?)(?=,\d+:|$)", text):
+        out.append((int(m.group(1)), m.group(2), float(m.group(3))))
+    return out
+
+
+def old_package(commit: str) -> str:
+    """The package of ``commit`` unpacked into a temporary folder (``git archive``)."""
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="dtpinn_old_")
+    arch = subprocess.run(["git", "archive", commit, "dtpinn_dist"], cwd=REPO, check=True,
+                          capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tmp], input=arch, check=True)
+    return tmp
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
@@ -214,7 +325,35 @@ def main(argv=None):
     ap.add_argument("--cases", default=None,
                     help="KIND:N list, e.g. 'poisson:4977' (default: by mode)")
     ap.add_argument("--json", default=None)
+    mode.add_argument("--kinds", action="store_true",
+                      help="LM step kinds side by side (old default, auto, dense, cg, lagged)")
+    ap.add_argument("--kinds-cases", default="1663:lm:60,1663:lbfgs:3,lm:60,4977:lm:120",
+                    help="N:ENTRY:BUDGET list; ENTRY 'lm' or a schedule ending in 'lm'")
+    ap.add_argument("--kind-methods", default=",".join(KIND_METHODS))
+    ap.add_argument("--old-commit", default="a746240",
+                    help="commit whose package is the 'old-default' method")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="--kinds: budgets and times in process CPU seconds (default) or wall")
+    ap.add_argument("--kinds-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.kinds_one:
+        print(json.dumps(kinds_one(json.loads(args.kinds_one)), default=float))
+        return
+    if args.kinds:
+        args.kind_methods = [m.strip() for m in args.kind_methods.split(",") if m.strip()]
+        old_tree = old_package(args.old_commit) if "old-default" in args.kind_methods else ""
+        out = {"host": platform.node(), "threads": 1, "mode": "kinds", "clock": args.clock,
+               "old_commit": args.old_commit, "load_start": load(), "cases": []}
+        for c in kinds_cases(args.kinds_cases):
+            out["cases"].append(kinds_case(*c, args, old_tree))
+            if args.json:  # after every case: a partial run still leaves its figures
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        out["load_end"] = load()
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+            print(f"wrote {args.json}")
+        return
     torch.set_num_threads(1)
     full = args.full
     budget = args.budget or (300.0 if full else 60.0)

@@ -126,19 +126,34 @@ def _lm(model, disc, **kw):
 
 
 @pytest.mark.parametrize("step,form", [("dense", "primal"), ("dense", "dual"),
-                                       ("lagged", "primal"), ("gn-alias-dense", "primal")])
+                                       ("lagged", "primal"), ("gn-alias-dense", "primal"),
+                                       ("auto-switched", "primal"), ("auto-switched", "dual"),
+                                       ("lagged-stale", "primal"), ("lagged-stale", "dual")])
 def test_direct_steps_equal_damped_normal_solution(nonlinear, step, form, spread):
-    """dense (primal and dual) and a lagged rebuild step: p = -(J^T J + lam D)^{-1} J^T r."""
+    """dense (primal and dual), a lagged rebuild step, and an auto step whose CG ran out of its
+    budget and switched to the direct solve: p = -(J^T J + lam D)^{-1} J^T r."""
     # the dual form is the one for more parameters than rows (what "auto" picks it for)
     model = MLP(2, 20 if form == "dual" else 8, 2, seed=2)
+    kw = {}
     if step == "gn-alias-dense":  # the registry's "gn" builds the same class
         from dtpinn_dist.optimizer.registry import OPTIMIZERS
         assert OPTIMIZERS["gn"] is OPTIMIZERS["lm"]  # one builder under both names
         step = "dense"
-    lm, lsq = _lm(model, nonlinear, step=step, form=form, lam0=0.1)
+    if step == "auto-switched":  # one CG iteration to 1e-14 misses: the step factors instead
+        kw = dict(step="auto", cg_maxiter=1, cg_tol=1e-14, lag_maxiter=1)
+    if step == "lagged-stale":  # a step with the old factor whose PCG misses: rebuilt at once
+        kw = dict(step="lagged", cg_tol=1e-14, lag_maxiter=1)
+    lm, lsq = _lm(model, nonlinear, **{"step": step, "form": form, "lam0": 0.1, **kw})
+    if step == "lagged-stale":
+        lm.step()  # builds the factor that the next step finds stale
+        assert lm.rebuilds == 1
     th0 = lsq.get_params()
     lm.step()
     rec = lm.history[-1]
+    if kw:
+        assert rec["switched"] and rec["cg_iters"] == 1
+        assert step == "lagged-stale" or lm.plan()[0] == "cg"
+        step = "lagged"
     assert rec["accepted"] and rec["kind"] == step and rec["rebuilt"]
     assert rec["form"] == form
     if form == "dual":
@@ -205,17 +220,20 @@ def _check_cg_step(lsq, theta, p, rec, D, cg_tol, spread, key):
     return J
 
 
-def test_cg_step_solves_damped_normal_equations_to_its_tolerance(nonlinear, spread):
+@pytest.mark.parametrize("step", ["cg", "auto"])
+def test_cg_step_solves_damped_normal_equations_to_its_tolerance(nonlinear, step, spread):
+    """A matrix-free step, by hand or auto's CG phase (its budget not spent)."""
     cg_tol = 1e-8
     model = MLP(2, 8, 2, seed=2)
-    lm, lsq = _lm(model, nonlinear, step="cg", lam0=0.1, cg_tol=cg_tol, cg_maxiter=1000)
+    lm, lsq = _lm(model, nonlinear, step=step, lam0=0.1, cg_tol=cg_tol, cg_maxiter=1000,
+                  lag_maxiter=1)
     th0 = lsq.get_params()
     lm.step()
     rec = lm.history[-1]
     assert rec["accepted"] and rec["kind"] == "cg" and rec["cg_converged"]
     assert 0 < rec["cg_iters"] <= 1000 and not rec["rebuilt"] and lm.rebuilds == 0
     J = _check_cg_step(lsq, th0, lsq.get_params() - th0, rec, lm.D, cg_tol, spread,
-                       "gn.step.cg.residual")
+                       f"gn.step.{step}.residual")
     # The Levenberg scale of a matrix-free first step: ||J||_F^2 / P from 4 Rademacher probes
     # (unbiased; for these J the probe spread is well within a factor 2).
     c = float((J * J).sum()) / J.shape[1]
@@ -234,23 +252,38 @@ def test_lagged_pcg_step_and_rebuild_when_stale(nonlinear, spread):
     assert rec["accepted"] and rec["cg_converged"] and lm.rebuilds == 1
     _check_cg_step(lsq, th1, lsq.get_params() - th1, rec, lm.D, cg_tol, spread,
                    "gn.step.lagged.residual")
-    # stale factor: PCG allowed 1 iteration to 1e-14 misses, so the next step rebuilds
+    # stale factor: PCG allowed 1 iteration to 1e-14 misses, so the step rebuilds at once and
+    # is solved directly (the damped normal solution: test_direct_steps_... "lagged-stale")
     lm.lag_maxiter, lm.cg_tol = 1, 1e-14
     lm.step()
-    assert not lm.history[-1]["cg_converged"] and not lm.history[-1]["rebuilt"]
-    lm.step()
-    assert lm.history[-1]["rebuilt"] and lm.rebuilds == 2
+    rec = lm.history[-1]
+    assert not rec["cg_converged"] and rec["rebuilt"] and rec["switched"]
+    assert rec["cg_iters"] == 1 and lm.rebuilds == 2
+    lm.step()  # the fresh factor preconditions the next step (again 1 iteration, misses)
+    assert lm.history[-1]["cg_iters"] == 1 and lm.rebuilds == 3
 
 
 def test_auto_switches_from_cg_to_lagged_unless_memory_forbids(nonlinear):
-    for budget, kinds in ((4e9, ["cg", "lagged", "lagged"]), (1e3, ["cg", "cg", "cg"])):
+    """CG that misses its tolerance within auto's budget: that step is solved directly from a
+    freshly built matrix and the next steps are lagged; without room for the dense matrix every
+    step stays matrix-free (each solve truncated at the budget)."""
+    for budget, kinds in ((4e9, ["lagged", "lagged", "lagged"]), (1e3, ["cg", "cg", "cg"])):
         model = MLP(2, 8, 2, seed=2)
         lm, _ = _lm(model, nonlinear, step="auto", cg_maxiter=3, cg_tol=1e-10,
-                    memory_budget=budget)
+                    memory_budget=budget, lag_maxiter=1)
         for _ in range(3):
             lm.step()
         assert [h["kind"] for h in lm.history] == kinds
         assert not lm.history[0]["cg_converged"]
+        first = lm.history[0]
+        if budget > 1e3:
+            assert first["switched"] and first["rebuilt"] and first["cg_iters"] == 3
+            # auto's lagged steps: PCG within the same budget (cg_maxiter = 3 per solve), then
+            # the step's own matrix
+            assert all(h["cg_iters"] <= 3 * (1 + h["rejects"]) for h in lm.history[1:])
+        else:
+            assert not first["switched"] and lm.rebuilds == 0
+            assert first["cg_iters"] == 3 * (1 + first["rejects"])  # the budget per solve
     # every record states kind, CG iterations, damping, rebuilds and rejected trials
     for h in lm.history:
         assert {"kind", "cg_iters", "lam", "lam_step", "rebuilds", "rejects"} <= set(h)
@@ -287,3 +320,77 @@ def test_fit_with_gn_records_the_step_in_the_history(disk):
     assert hist and {"lm_kind", "lm_lam", "lm_cg_iters", "lm_rebuilds",
                      "lm_rejected"} <= set(hist[-1])
     assert hist[-1]["lm_kind"] in ("cg", "lagged")
+
+
+# ------------------------------------------------------------------ auto's cost model (issue 17)
+def test_plan_auto_is_the_cost_ratio_against_lag_maxiter():
+    """k = (build + factor) / iteration: dense when a factorisation costs at most lag_maxiter
+    CG iterations, else CG with a budget of k iterations (floor) for a step's first trial and
+    k_trial = factor / iteration more for each further one."""
+    from dtpinn_dist.optimizer.lm import plan_auto
+
+    assert plan_auto({"iteration": 1.0, "build": 10.0, "factor": 5.0}, 20) == ("dense", 0, 0)
+    assert plan_auto({"iteration": 1.0, "build": 15.0, "factor": 5.0}, 20) == ("dense", 0, 0)
+    assert plan_auto({"iteration": 1.0, "build": 15.5, "factor": 5.0}, 20) == ("cg", 20, 5)
+    assert plan_auto({"iteration": 0.01, "build": 3.0, "factor": 2.0}, 20) == ("cg", 500, 200)
+    # only ratios matter: the same plan on a machine uniformly 7x faster
+    assert plan_auto({"iteration": 0.01 / 7, "build": 3.0 / 7, "factor": 2.0 / 7}, 20)[0] == "cg"
+
+
+def test_step_costs_follow_the_flop_counts():
+    from dtpinn_dist.optimizer.lm import DENSE_FLOPS_PER_S as D, SPARSE_FLOPS_PER_S as S
+    from dtpinn_dist.optimizer.lm import step_costs
+
+    work = {"product": (4e6, 2e4), "jacobian": (1e6, 5e7), "kernel": (8e8, 3e7)}
+    m, P = 300, 1000
+    primal = step_costs(work, m, P, dual=False)
+    dual = step_costs(work, m, P, dual=True)
+    assert primal["iteration"] == dual["iteration"] == pytest.approx(2 * (4e6 / D + 2e4 / S))
+    assert primal["build"] == pytest.approx(1e6 / D + 5e7 / S + m * P * P / D)
+    assert primal["factor"] == pytest.approx(P ** 3 / 3 / D)
+    assert dual["build"] == pytest.approx(8e8 / D + 3e7 / S)
+    assert dual["factor"] == pytest.approx(m ** 3 / 3 / D)
+
+
+@pytest.mark.parametrize("shape,kind", [((40, 12), "dense"), ((200, 400), "cg")])
+def test_auto_picks_dense_for_cheap_factorisations_and_cg_otherwise(shape, kind):
+    """On an explicit J (m x P) the counts are 2 m P per product, m P^2 (primal) or 2 m^2 P
+    (dual, m < P) per normal matrix: k = P/4 + P^2/(12 m) = 3.3 for 40 x 12 (dense), and
+    k = m/2 + m^2/(12 P) = 108 for 200 x 400 (CG, budget 108 for a step's first trial and
+    k_trial = m^2/(12 P) = 8 more for each further one)."""
+    from dtpinn_dist.optimizer.least_squares import DenseLeastSquares
+
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(*shape, generator=gen, dtype=F64)
+    b = torch.randn(shape[0], generator=gen, dtype=F64)
+    lm = LevenbergMarquardt(DenseLeastSquares(A, b))
+    m, P = shape
+    k = P / 4 + P * P / (12 * m) if m >= P else m / 2 + m * m / (12 * P)
+    if kind == "dense":
+        assert lm.plan() == ("dense", 0, 0)
+    else:
+        k_trial = int(m * m / (12 * P))
+        assert lm.plan() == ("cg", int(k), k_trial)
+        # the budget a step's t-th trial may still spend after the earlier trials spent some
+        assert lm._cg_budget(1, 0) == int(k)
+        assert lm._cg_budget(3, 150) == int(k) + 2 * k_trial - 150
+    assert lm.resolve_step() == kind
+    lm.step()
+    assert lm.history[-1]["kind"] == kind
+
+
+def test_pinn_work_is_counted_from_the_sizes(nonlinear):
+    """PINN flops from n points, m rows, P parameters and the nnz of A: a product 4 n P dense +
+    2 nnz sparse; J 2 n P + 2 nnz P; the kernel 2 (out + in + 1) per layer and point pair plus
+    A K A^T 2 nnz (n + m)."""
+    model = MLP(2, 8, 2, seed=2)
+    lsq = PINNLeastSquares(model, nonlinear)
+    w = lsq.work()
+    m, P = lsq.jacobian_shape()
+    n = nonlinear.network_points
+    u = model(nonlinear.data["X"]).detach().reshape(-1)
+    nnz = nonlinear.linearization_matrix(u).nnz
+    pair = 2 * ((8 + 2 + 1) + (8 + 8 + 1) + (1 + 8 + 1))
+    assert w["product"] == (4.0 * n * P, 2.0 * nnz)
+    assert w["jacobian"] == (2.0 * n * P, 2.0 * nnz * P)
+    assert w["kernel"] == (pair * n * n, 2.0 * nnz * (n + m))

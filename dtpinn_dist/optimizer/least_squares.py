@@ -172,6 +172,20 @@ class LeastSquaresProblem:
         """(local rows, parameters) of the dense Jacobian."""
         raise NotImplementedError
 
+    def work(self) -> dict:
+        """Floating-point work of a Gauss-Newton step's pieces on this rank, for the step-kind
+        cost model of :class:`~dtpinn_dist.optimizer.lm.LevenbergMarquardt` (``step="auto"``).
+
+        ``product``: one ``J v`` (one ``J^T y`` costs the same); ``jacobian``: this rank's rows
+        of the dense ``J``; ``kernel``: ``J J^T`` (serial; None where :meth:`Linearization.gram`
+        has no cheap form). Each is ``(dense, sparse)`` flops: work at BLAS rates and work at
+        sparse-times-dense rates. Default: ``J`` by one :meth:`jvp` per parameter.
+        """
+        m, P = self.jacobian_shape()
+        prod = (2.0 * m * P, 0.0)
+        return {"product": prod, "jacobian": (P * prod[0], 0.0),
+                "kernel": (P * prod[0] + 2.0 * m * m * P, 0.0)}
+
     def linearize(self, theta: torch.Tensor) -> Linearization:
         """Residual and products at ``theta`` (default: this problem's own methods)."""
         def gram():
@@ -223,6 +237,11 @@ class DenseLeastSquares(LeastSquaresProblem):
     def jacobian_shape(self):
         return tuple(self.A.shape)
 
+    def work(self):
+        m, P = self.A.shape
+        return {"product": (2.0 * m * P, 0.0), "jacobian": (0.0, 0.0),
+                "kernel": (2.0 * m * m * P, 0.0)}
+
 
 class PINNLeastSquares(LeastSquaresProblem):
     """The loss of a :class:`~dtpinn_dist.problem.discrete.Discretization` as least squares in
@@ -250,6 +269,7 @@ class PINNLeastSquares(LeastSquaresProblem):
         self._x = disc.data["X"]
         self._n_rows = None
         self._warned = False
+        self._work = None
 
     # -- parameters ----------------------------------------------------------------------------
     def get_params(self):
@@ -285,6 +305,41 @@ class PINNLeastSquares(LeastSquaresProblem):
         if self._n_rows is None:
             self.residual(self.get_params())
         return (self._n_rows, self.n_params)
+
+    def work(self):
+        """Flops (see :meth:`LeastSquaresProblem.work`) from the sizes: ``n`` network points,
+        ``m`` rows, ``P`` parameters, ``nnz`` of the linearisation ``A`` (this rank's rows).
+
+        Factor products (plain MLP, steady DT problem): ``Ju v`` and ``Ju^T w`` about two
+        forward passes each (``4 n P``) plus ``A x`` (``2 nnz`` sparse); the dense ``J`` is
+        ``Ju``'s columns (``2 n P``) times ``A`` (``2 nnz P`` sparse); the tangent kernel costs
+        ``2 (fan_out + fan_in + 1)`` flops per layer and point pair (two Gram products of
+        :func:`~dtpinn_dist.model.jacobian.mlp_ntk`), then ``A K A^T`` ``2 nnz (n + m)``
+        sparse. Otherwise (autograd products) a product costs about three forward passes and
+        ``J`` one forward-mode product per parameter. Computed once (the sizes do not change).
+        """
+        if self._work is not None:
+            return self._work
+        theta = self.get_params()
+        m, P = self.jacobian_shape()
+        n = int(getattr(self.disc, "network_points", m))
+        mlp = self._mlp_at(theta)
+        if mlp is None:
+            prod = (6.0 * n * P, 0.0)
+            self._work = {"product": prod, "jacobian": (P * prod[0], 0.0), "kernel": None}
+            return self._work
+        u = mlp[1].detach().reshape(-1)
+        # global columns: this rank's rows of a PETSc system too (any rank count)
+        A = self.disc.linearization_matrix(u, global_columns=True)
+        nnz = 0.0 if A is None else float(A.nnz)
+        kernel = None
+        if self.comm.size == 1 and self.disc.linearization_matrix(u) is not None:  # as _gram
+            pair = sum(2.0 * (lay.out_features + lay.in_features + 1)
+                       for lay in self.model.modules() if isinstance(lay, nn.Linear))
+            kernel = (pair * n * n, 2.0 * nnz * (n + m))
+        self._work = {"product": (4.0 * n * P, 2.0 * nnz),
+                      "jacobian": (2.0 * n * P, 2.0 * nnz * P), "kernel": kernel}
+        return self._work
 
     # -- the declared structure ------------------------------------------------------------------
     def has_fast_jacobian(self) -> bool:

@@ -22,20 +22,26 @@ otherwise). Step computations (``step=``):
     within ``cg_maxiter`` still gives a descent direction (truncated CG).
 ``"lagged"``
     CG preconditioned by the Cholesky factor of an EARLIER step's normal matrix (primal P x P,
-    or serially with fewer rows than parameters the dual rows x rows). The normal matrix is
-    rebuilt (and the step solved directly with it) when PCG misses ``cg_tol`` within
-    ``lag_maxiter`` iterations or a step is rejected; in between a step costs a few PCG
-    iterations. The factor is recomputed for the current ``lam`` when ``lam`` moved by more than
-    10x from the one it was computed for.
+    or serially with fewer rows than parameters the dual rows x rows). When PCG misses
+    ``cg_tol`` within ``lag_maxiter`` iterations (per step, all trials), the matrix is rebuilt
+    at once and that step solved directly with it (no truncated step is taken); also after a
+    step that failed; in between a step costs a few PCG iterations. The factor is recomputed
+    for the current ``lam`` when ``lam`` moved by more than 10x from the one it was computed
+    for.
 ``"auto"`` (default)
-    ``"cg"`` while CG converges within ``cg_maxiter`` iterations (large damping), then
-    ``"lagged"`` for good. Stays ``"cg"`` when the dense matrix does not fit ``memory_budget``
-    (bytes per rank: this rank's rows of ``J`` + the P x P matrices) or when the problem has no
-    cheap dense Jacobian (time-dependent problems: ``u_t`` by autograd).
+    chosen by a cost model (:func:`plan_auto`): with ``k`` the CG iterations that cost as much
+    as forming and factoring the normal matrix (flop counts of the problem's pieces at measured
+    rates, :func:`step_costs`), ``"dense"`` when ``k <= lag_maxiter``; otherwise ``"cg"`` with
+    a budget per step of what the direct path would spend on the same trials (``k``, plus one
+    Cholesky's worth per further trial; ``cg_maxiter`` per solve when given), and the first
+    step whose CG does not converge within it is solved directly and starts ``"lagged"``. Stays
+    ``"cg"`` when the dense matrix does not fit ``memory_budget`` (bytes per rank: this rank's
+    rows of ``J`` + the P x P matrices) or when the problem has no cheap dense Jacobian
+    (time-dependent problems: ``u_t`` by autograd).
 
-Measured (``docs/levenberg_marquardt.md``): the matrix-free CG phase costs ~4x less than dense
-steps while ``lam`` is large; afterwards the lagged factor keeps nearly the dense iterates at a
-fraction of their cost.
+Measured (``docs/levenberg_marquardt.md``): the matrix-free CG phase costs less than direct
+steps while ``lam`` is large; afterwards PCG with the lagged factor needs tens of iterations
+where plain CG needs hundreds.
 
 Damping: Levenberg's ``D = c I`` (default) with ``c = ||J||_F^2 / P`` at the first step (exact
 from the dense matrix; for a first CG step estimated from Rademacher probes in parameter space,
@@ -64,6 +70,55 @@ __all__ = ["LevenbergMarquardt", "JacobianTooLarge", "STEP_KINDS"]
 
 STEP_KINDS = ("auto", "dense", "cg", "lagged")
 
+#: CG iterations per solve of ``step="cg"`` when ``cg_maxiter`` is not given.
+CG_MAXITER = 100
+
+#: Flop rates of one core, measured on the development machine (docs/levenberg_marquardt.md,
+#: "Choosing the step kind"): dense BLAS work (the tangent kernel's Gram products, ``J^T J``,
+#: Cholesky, the MLP's layer products: 23-47 GFLOP/s) and sparse-times-dense products (scipy
+#: CSR times a dense block, ``A K A^T``: 2-4.5 GFLOP/s). Only their ratio enters the choice.
+DENSE_FLOPS_PER_S = 25e9
+SPARSE_FLOPS_PER_S = 2.5e9
+
+
+def step_costs(work: dict, rows: int, params: int, dual: bool) -> dict:
+    """Estimated seconds of the pieces of one LM step, from :meth:`LeastSquaresProblem.work`
+    (flops summed over ranks), the residual rows and parameters: ``iteration`` (one CG
+    iteration: a ``J v`` and a ``J^T y``), ``build`` (the normal matrix: the dual ``J J^T`` from
+    the tangent kernel when ``dual``, else ``J`` and ``J^T J``) and ``factor`` (its Cholesky)."""
+    def sec(w):
+        return w[0] / DENSE_FLOPS_PER_S + w[1] / SPARSE_FLOPS_PER_S
+
+    if dual:
+        build, n = sec(work["kernel"]), rows
+    else:
+        build, n = sec(work["jacobian"]) + float(rows) * params * params / DENSE_FLOPS_PER_S, params
+    return {"iteration": 2.0 * sec(work["product"]), "build": build,
+            "factor": float(n) ** 3 / 3.0 / DENSE_FLOPS_PER_S}
+
+
+def plan_auto(costs: dict, lag_maxiter: int) -> tuple[str, int, int]:
+    """What ``step="auto"`` does, from :func:`step_costs`: ``("dense", 0, 0)`` or
+    ``("cg", k, k_trial)``.
+
+    ``k = (build + factor) / iteration`` is the number of CG iterations that cost as much as
+    one direct solve, ``k_trial = factor / iteration`` what each further trial of a step costs
+    the direct path (one Cholesky at the new ``lam``). When ``k <= lag_maxiter`` a fresh
+    factorisation costs no more than one PCG attempt with an old one, so every step is solved
+    directly (``"dense"``). Otherwise the steps are matrix-free CG with a budget of
+    ``k + (t - 1) k_trial`` iterations by its t-th trial (all trials together): what the direct
+    path would have spent on the same trials. A step whose CG does not converge within it is
+    solved directly instead; from then on the steps are ``"lagged"`` (PCG with that factor; a
+    step whose PCG misses within ``lag_maxiter`` is again solved directly). Buying the
+    factorisation only once CG has spent its price keeps each step within twice the cost of
+    the better of the two choices made in hindsight (the ski-rental argument), whatever the
+    sizes.
+    """
+    k = (costs["build"] + costs["factor"]) / costs["iteration"]
+    if k <= lag_maxiter:
+        return "dense", 0, 0
+    return "cg", int(k), int(costs["factor"] / costs["iteration"])
+
 
 def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
     """Lower Cholesky factor of ``M + diag(shift)`` (shift a scalar or a vector), or None.
@@ -80,7 +135,12 @@ def _cholesky(M: torch.Tensor, shift: torch.Tensor | float):
 
 
 def _chol_solve(L, b):
-    return torch.cholesky_solve(b[:, None], L)[:, 0]
+    """``(L L^T)^{-1} b`` by two triangular solves: the same operations as
+    ``torch.cholesky_solve`` (equal bits measured) at 1/7 of its time for one right-hand side
+    (1.2 vs 8.2 ms at order 1793, one core), which makes a PCG iteration with the factor
+    about as cheap as a CG iteration."""
+    y = torch.linalg.solve_triangular(L, b[:, None], upper=False)
+    return torch.linalg.solve_triangular(L.T, y, upper=True)[:, 0]
 
 
 def _direct_step(L, M, dual, lin, r, g, cache):
@@ -133,11 +193,13 @@ class LevenbergMarquardt:
         refuse (``JacobianTooLarge``) and ``"auto"`` stays matrix-free.
     cg_tol : float
         Relative residual tolerance of CG and PCG.
-    cg_maxiter : int
-        CG iterations per solve (``"cg"``; ``"auto"`` switches to ``"lagged"`` when a solve
-        needs more).
+    cg_maxiter : int, optional
+        CG iterations per solve of ``"cg"`` (default :data:`CG_MAXITER`) and of ``"auto"``
+        before it factors (default for ``"auto"``: the cost model's step budget,
+        :func:`plan_auto`).
     lag_maxiter : int
-        PCG iterations per solve of ``"lagged"`` before the factor counts as stale.
+        PCG iterations per step of ``"lagged"`` (all trials together); a solve that misses
+        ``cg_tol`` within them rebuilds the matrix and that step is solved directly.
     scale_probes : int
         Probes of the Levenberg scale when the first step is matrix-free.
     update : {"fixed", "nielsen"}
@@ -149,7 +211,7 @@ class LevenbergMarquardt:
                  form: str = "auto", damping: str = "levenberg", lam0: float = 1.0,
                  lam_min: float = 1e-15, lam_max: float = 1e16, max_rejects: int = 30,
                  gtol: float = 0.0, xtol: float = 1e-15, ftol: float = 0.0, rtol: float = 0.0,
-                 memory_budget: float = 4e9, cg_tol: float = 1e-2, cg_maxiter: int = 100,
+                 memory_budget: float = 4e9, cg_tol: float = 1e-2, cg_maxiter: int | None = None,
                  lag_maxiter: int = 20, scale_probes: int = 4, update: str = "fixed",
                  down: float = 5.0, up: float = 3.0):
         if not isinstance(lsq, LeastSquaresProblem):
@@ -170,6 +232,8 @@ class LevenbergMarquardt:
             raise ValueError(f"unknown damping update {update!r}: use 'nielsen' or 'fixed'")
         for name, v in (("cg_maxiter", cg_maxiter), ("lag_maxiter", lag_maxiter),
                         ("scale_probes", scale_probes), ("max_rejects", max_rejects)):
+            if v is None and name == "cg_maxiter":  # the default: see _cg_budget
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} = {v!r}: must be an integer >= 1")
         if not (cg_tol > 0 and cg_tol < 1):
@@ -186,7 +250,7 @@ class LevenbergMarquardt:
         self.max_rejects = int(max_rejects)
         self.gtol, self.xtol, self.ftol, self.rtol = float(gtol), float(xtol), float(ftol), float(rtol)
         self.memory_budget = float(memory_budget)
-        self.cg_tol, self.cg_maxiter = float(cg_tol), int(cg_maxiter)
+        self.cg_tol, self.cg_maxiter = float(cg_tol), cg_maxiter
         self.lag_maxiter, self.scale_probes = int(lag_maxiter), int(scale_probes)
         # state (checkpointed)
         self.lam = self.lam0
@@ -209,6 +273,8 @@ class LevenbergMarquardt:
         self._pre = None        # lagged: {"form", "M", "lam"}: the matrix and the lam of L
         self._pre_L = None      # its Cholesky factor (recomputed from M after a restore)
         self._dense_ok = None   # the dense matrix fits the memory budget (collective, once)
+        self._plan = None       # auto: plan_auto's (kind, CG budget) (collective, once)
+        self.costs = None       # auto: step_costs' estimates behind the plan
 
     # ------------------------------------------------------------------ sizes and choices
     def _use_dual(self, m: int, p: int) -> bool:
@@ -258,16 +324,49 @@ class LevenbergMarquardt:
                 self._dense_ok = False
         return self._dense_ok
 
+    def _factor_ok(self) -> bool:
+        """Whether ``"auto"`` may form the dense matrix (cheap Jacobian, within the budget)."""
+        return self.lsq.has_fast_jacobian() and self._dense_fits()
+
+    def plan(self) -> tuple[str, int]:
+        """``"auto"``'s choice (:func:`plan_auto`) for this problem (collective, once).
+
+        The flops are summed over ranks and the rows counted globally, so every rank and every
+        rank count makes the same choice."""
+        if self._plan is None:
+            m, P = self.lsq.jacobian_shape()
+            w = self.lsq.work()
+            dual = self._use_dual(m, P) and w.get("kernel") is not None
+            key = "kernel" if dual else "jacobian"
+            parts = self.comm.allgather((m, w["product"], w[key]))
+            tot = {"product": tuple(sum(x[1][i] for x in parts) for i in (0, 1)),
+                   key: tuple(sum(x[2][i] for x in parts) for i in (0, 1))}
+            self.costs = step_costs(tot, sum(x[0] for x in parts), P, dual)
+            self._plan = plan_auto(self.costs, self.lag_maxiter)
+        return self._plan
+
     def resolve_step(self) -> str:
         """The kind the next step uses: 'dense', 'cg' or 'lagged' (collective)."""
         if self.step_kind in ("dense", "lagged"):
             self._check_memory()
             return self.step_kind
-        if self.step_kind == "cg":
+        if self.step_kind == "cg" or not self._factor_ok():
             return "cg"
-        if self.phase == "lagged" and self.lsq.has_fast_jacobian() and self._dense_fits():
-            return "lagged"
-        return "cg"
+        if self.plan()[0] == "dense":
+            return "dense"
+        return "lagged" if self.phase == "lagged" else "cg"
+
+    def _cg_budget(self, trial: int, spent: int) -> int:
+        """CG iterations the ``trial``-th solve of a step may use (``spent`` by the earlier
+        trials): ``cg_maxiter`` per solve when given, else for ``"auto"`` (dense matrix
+        allowed) the cost model's step budget ``k + (trial - 1) k_trial`` minus ``spent``,
+        else :data:`CG_MAXITER` per solve."""
+        if self.cg_maxiter is not None:
+            return self.cg_maxiter
+        if self.step_kind == "auto" and self._factor_ok():
+            _, k, k_trial = self.plan()
+            return k + (trial - 1) * k_trial - spent
+        return CG_MAXITER
 
     # ------------------------------------------------------------------ helpers
     def _loss(self, r):
@@ -317,6 +416,131 @@ class LevenbergMarquardt:
     def _shift(self, lam, dual):
         return lam * float(self.D[0]) if dual else lam * self.D
 
+    # ------------------------------------------------------------------ step solvers
+    # Each returns ``solve(lam) -> p`` (None when the damped matrix is not positive definite)
+    # for one linearisation; ``info`` collects the counters of the step's record, ``cache``
+    # what the predicted decrease can reuse, ``state`` the kind and form the step ends with.
+
+    def _dense_solver(self, lin, r, g, info, cache, state):
+        M, dual = self._build(lin, self._use_dual(r.numel(), g.numel()))
+        info["rebuilt"], state["dual"] = True, dual
+
+        def solve(lam):
+            L = _cholesky(M, self._shift(lam, dual))
+            info["refactors"] += 1
+            if L is None:
+                return None
+            return _direct_step(L, M, dual, lin, r, g, cache)
+        return solve
+
+    def _cg_solver(self, lin, r, g, info, cache, state):
+        """Matrix-free CG, each solve within :meth:`_cg_budget`. ``"auto"`` with the dense
+        matrix allowed: a solve that misses ``cg_tol`` within it switches this step to the
+        direct solve of a freshly built matrix and the following steps to ``"lagged"``.
+        Otherwise a truncated solve still gives a descent direction."""
+        comm = self.comm
+        if self.D is None:
+            c = frobenius_scale(lin, comm, g.numel(), self.scale_probes, seed=self.steps)
+            self.D = torch.full_like(g, c)
+        switch = self.step_kind == "auto" and self._factor_ok()
+        direct, trials = [], [0]
+
+        def solve(lam):
+            if not direct:
+                trials[0] += 1
+                left = self._cg_budget(trials[0], info["cg_iters"])
+                if left > 0:
+                    D = self.D
+                    p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g, None,
+                                self.cg_tol, left)
+                    info["cg_iters"] += it["iters"]
+                    info["cg_converged"] &= it["converged"]
+                    if it["converged"] or not switch:
+                        return p
+                # CG has spent what the factorisation costs: factor, and keep the factor
+                self._refresh, self.phase = True, "lagged"
+                info["switched"], state["kind"] = True, "lagged"
+                direct.append(self._lagged_solver(lin, r, g, info, cache, state))
+            return direct[0](lam)
+        return solve
+
+    def _lagged_solver(self, lin, r, g, info, cache, state):
+        """PCG preconditioned by the Cholesky factor of an earlier step's matrix, with a budget
+        of ``lag_maxiter`` iterations for the whole step (all trials); a solve that misses
+        ``cg_tol`` within what is left rebuilds the matrix at once and this step is solved
+        directly (no truncated step is taken). The first step, and the step after a rejected
+        one, rebuild first."""
+        comm = self.comm
+        cur = {}
+
+        def rebuild():
+            self._pre, self._pre_L = None, None  # free the old matrix first
+            M, dual = self._build(lin, self._use_dual(r.numel(), g.numel()))
+            self._pre = {"form": "dual" if dual else "primal", "M": M, "lam": None}
+            self._refresh = False
+            info["rebuilt"] = True
+            cur.update(pre=self._pre, dual=dual, fresh=True)
+            state["dual"] = dual
+
+        if self._refresh or self._pre is None:
+            rebuild()
+        else:
+            cur.update(pre=self._pre, dual=self._pre["form"] == "dual", fresh=False)
+            state["dual"] = cur["dual"]
+
+        def factor(lam):
+            """The factor of M + lam D: exact when M is this step's matrix, else reused
+            while lam is within 10x of the lam it was computed for."""
+            pre, dual = cur["pre"], cur["dual"]
+            if self._pre_L is None and pre["lam"] is not None:  # after a restore
+                self._pre_L = _cholesky(pre["M"], self._shift(pre["lam"], dual))
+            near = pre["lam"] is not None and (lam == pre["lam"] if cur["fresh"] else
+                                               0.1 <= lam / pre["lam"] <= 10.0)
+            if not near or self._pre_L is None:
+                self._pre_L = _cholesky(pre["M"], self._shift(lam, dual))
+                pre["lam"] = lam
+                info["refactors"] += 1
+            return self._pre_L
+
+        trials = [0]
+
+        def budget():
+            """PCG iterations this trial may still use: ``lag_maxiter`` per step by hand; for
+            ``"auto"`` the budget of its CG steps (:meth:`_cg_budget`: what the direct solve
+            of the same trials would cost)."""
+            if self.step_kind == "auto":
+                return self._cg_budget(trials[0], info["pcg_iters"])
+            return self.lag_maxiter - info["pcg_iters"]
+
+        def solve(lam, spent=False):
+            if not cur["fresh"]:
+                trials[0] += 0 if spent else 1
+                left = 0 if spent else budget()
+                if left <= 0:
+                    info["switched"] = True
+                    rebuild()
+            L = factor(lam)
+            if L is None:
+                return None
+            if cur["fresh"]:  # this step's own matrix: the direct (dense) solve
+                return _direct_step(L, cur["pre"]["M"], cur["dual"], lin, r, g, cache)
+            if cur["dual"]:  # residual-space PCG on (J J^T + lam c I) z = r, p = -J^T z
+                c = lam * float(self.D[0])
+                z, it = pcg(lambda y: lin.jvp(lin.vjp(y)) + c * y, r,
+                            lambda y: _chol_solve(L, y), self.cg_tol, left)
+                p = -lin.vjp(z)
+            else:
+                D = self.D
+                p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g,
+                            lambda v: _chol_solve(L, v), self.cg_tol, left)
+            info["cg_iters"] += it["iters"]
+            info["pcg_iters"] += it["iters"]
+            if it["converged"]:
+                return p
+            info["cg_converged"] = False
+            return solve(lam, spent=True)  # spent: factor this step's own matrix
+        return solve
+
     # ------------------------------------------------------------------ one iteration
     def step(self, closure=None):
         """One LM iteration: linearise, then try steps (raising lam) until one is accepted.
@@ -337,76 +561,17 @@ class LevenbergMarquardt:
         r = lin.r
         F = self._loss(r)
         g = comm.sum(lin.vjp(r))
-        m, P = r.numel(), g.numel()
         rec = {"step": self.steps + 1, "kind": kind, "loss_before": F, "accepted": False}
-        info = {"cg_iters": 0, "cg_converged": True, "rebuilt": False, "refactors": 0}
+        info = {"cg_iters": 0, "pcg_iters": 0, "cg_converged": True, "rebuilt": False,
+                "refactors": 0, "switched": False}
         cache = {}
-
+        state = {"kind": kind, "dual": False}
         if kind == "dense":
-            M, dual = self._build(lin, self._use_dual(m, P))
-            info["rebuilt"] = True
-
-            def solve(lam):
-                L = _cholesky(M, self._shift(lam, dual))
-                info["refactors"] += 1
-                if L is None:
-                    return None
-                return _direct_step(L, M, dual, lin, r, g, cache)
+            solve = self._dense_solver(lin, r, g, info, cache, state)
         elif kind == "cg":
-            dual = False
-            if self.D is None:
-                c = frobenius_scale(lin, comm, P, self.scale_probes, seed=self.steps)
-                self.D = torch.full_like(g, c)
-
-            def solve(lam):
-                D = self.D
-                p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g, None,
-                            self.cg_tol, self.cg_maxiter)
-                info["cg_iters"] += it["iters"]
-                info["cg_converged"] &= it["converged"]
-                return p
-        else:  # lagged
-            if self._refresh or self._pre is None:
-                self._pre, self._pre_L = None, None  # free the old matrix first
-                M, dual = self._build(lin, self._use_dual(m, P))
-                self._pre = {"form": "dual" if dual else "primal", "M": M, "lam": None}
-                self._refresh = False
-                info["rebuilt"] = True
-            pre = self._pre
-            dual = pre["form"] == "dual"
-            fresh = info["rebuilt"]
-
-            def factor(lam):
-                """The factor of M + lam D: exact when M is this step's matrix, else reused
-                while lam is within 10x of the lam it was computed for."""
-                if self._pre_L is None and pre["lam"] is not None:  # after a restore
-                    self._pre_L = _cholesky(pre["M"], self._shift(pre["lam"], dual))
-                near = pre["lam"] is not None and (lam == pre["lam"] if fresh else
-                                                   0.1 <= lam / pre["lam"] <= 10.0)
-                if not near or self._pre_L is None:
-                    self._pre_L = _cholesky(pre["M"], self._shift(lam, dual))
-                    pre["lam"] = lam
-                    info["refactors"] += 1
-                return self._pre_L
-
-            def solve(lam):
-                L = factor(lam)
-                if L is None:
-                    return None
-                if fresh:  # this step's own matrix: the direct (dense) solve
-                    return _direct_step(L, pre["M"], dual, lin, r, g, cache)
-                if dual:  # residual-space PCG on (J J^T + lam c I) z = r, p = -J^T z
-                    c = lam * float(self.D[0])
-                    z, it = pcg(lambda y: lin.jvp(lin.vjp(y)) + c * y, r,
-                                lambda y: _chol_solve(L, y), self.cg_tol, self.lag_maxiter)
-                    p = -lin.vjp(z)
-                else:
-                    D = self.D
-                    p, it = pcg(lambda v: normal_matvec(lin, comm, v) + lam * D * v, -g,
-                                lambda v: _chol_solve(L, v), self.cg_tol, self.lag_maxiter)
-                info["cg_iters"] += it["iters"]
-                info["cg_converged"] &= it["converged"]
-                return p
+            solve = self._cg_solver(lin, r, g, info, cache, state)
+        else:
+            solve = self._lagged_solver(lin, r, g, info, cache, state)
 
         self.last_loss = F
         gnorm = float(g.abs().max()) if g.numel() else 0.0
@@ -456,18 +621,17 @@ class LevenbergMarquardt:
                                     f"(lambda {self.lam:.3e})")
                 rec["loss"] = F
         # what the next step does
-        if kind == "lagged" and (not info["cg_converged"] or not rec["accepted"]):
+        kind, dual = state["kind"], state["dual"]
+        if kind == "lagged" and not rec["accepted"]:
             self._refresh = True  # the old factor no longer preconditions well
-        if self.step_kind == "auto" and kind == "cg" and not info["cg_converged"]:
-            self.phase = "lagged"
         self.cg_iters += info["cg_iters"]
         self.products += lin.products
         self.steps += 1
         self.elapsed += time.perf_counter() - t0
         # time and time_s (the trainer's key): LM training time so far, metrics excluded
-        rec.update(form="dual" if dual else "primal", lam=self.lam, rejects=rejects,
+        rec.update(kind=kind, form="dual" if dual else "primal", lam=self.lam, rejects=rejects,
                    cg_iters=info["cg_iters"], cg_converged=info["cg_converged"],
-                   rebuilt=info["rebuilt"], rebuilds=self.rebuilds,
+                   rebuilt=info["rebuilt"], switched=info["switched"], rebuilds=self.rebuilds,
                    refactors=info["refactors"], products=lin.products,
                    products_via=lin.kind, evals=self.evals, jac_evals=self.jac_evals,
                    time=self.elapsed, time_s=self.elapsed)

@@ -140,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tolerance-change", type=float, default=0.0,
                    help="L-BFGS stops when its step or loss change falls to this (default 0)")
     o.add_argument("--lm-step", choices=["auto", "dense", "cg", "lagged"], default="auto",
-                   help="LM step: dense Cholesky, matrix-free CG, CG preconditioned by a lagged Cholesky factor, or auto (cg, then lagged)")
+                   help="LM step: dense Cholesky, matrix-free CG, CG preconditioned by a lagged Cholesky factor, or auto (chosen by a cost model: dense where factoring is cheap, else cg, then lagged)")
     o.add_argument("--lm-memory-gb", type=float, default=4.0,
                    help="memory budget of the dense LM step")
-    o.add_argument("--lm-cg-maxiter", type=int, default=None, help="CG iterations per LM step")
+    o.add_argument("--lm-cg-maxiter", type=int, default=None, help="CG iterations per solve (--lm-step cg; default 100) or per step before factoring (auto; default: the cost model's)")
     o.add_argument("--tol", type=float, default=0.0, help="stop when the loss is <= tol")
     o.add_argument("--time-budget", type=float, default=None, help="seconds of training time")
     o.add_argument("--eval-every", type=int, default=10,
