@@ -59,20 +59,18 @@ def error_split(disc, model, solution=None) -> dict:
             torch.as_tensor(np.asarray(model, dtype=np.float64))
         U = U.to(torch.float64).reshape(-1)
         r = disc.values_residual(U.to(disc.dtype)).to(torch.float64).numpy()
-    nr = len(disc.data["rows_idx"])
     rows = disc.data["rows_idx"].cpu().numpy()
-    blocks = {"pde": np.arange(nr)}
+    blocks = {"pde": np.arange(len(rows))}
     for bp in disc.bparts:
-        blocks[str(bp.key)] = nr + bp.rows.cpu().numpy()
-    # every rank solves for every part, also one it holds no rows of (the solves are collective)
-    names = ["pde"] + sorted(set(disc.info["parts"].values()))
+        blocks[str(bp.key)] = len(rows) + bp.rows.cpu().numpy()
+    names = ["pde"] + sorted(set(disc.info["parts"].values()))  # every part, on every rank
     solver = linear_solver(disc)
 
     def rms(v):
         s = comm.sum(np.array([float((v[rows] ** 2).sum()), float(len(rows))]))
         return math.sqrt(s[0] / s[1]) if s[1] else 0.0
 
-    ref = rms(Ustar.numpy()) or 1.0
+    ref = rms(sol.U) or 1.0
     out, total = {}, np.zeros(len(sol.U))
     for name in names:  # every rank enters every solve, also for a part it holds no rows of
         rb = np.zeros_like(r)
@@ -82,9 +80,8 @@ def error_split(disc, model, solution=None) -> dict:
         e = np.asarray(solver.solve(Ustar, rb), dtype=np.float64)
         total += e
         out[name] = rms(e) / ref
-    err = (U - Ustar).numpy()
     loss = float(comm.sum(float((r ** 2).sum())))
-    nodal = rms(err)
+    nodal = rms((U - Ustar).numpy())
     return {"blocks": out, "linearised": rms(total) / ref, "nodal": nodal / ref,
             "limiting": max(out, key=out.get) if out else None,
             "loss_to_error": math.sqrt(loss) / nodal if nodal > 0 else None,

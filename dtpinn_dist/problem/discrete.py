@@ -72,6 +72,9 @@ class Discretization:
     def __init__(self, problem, analysis, system, method, pde, bparts, data, order, info,
                  weights, lift=None):
         self.problem, self.analysis, self.system = problem, analysis, system
+        #: row weights of the blocks (:mod:`.weights`): ``pde`` (per collocation row, DT; per
+        #: interior point, vanilla), ``bc`` (per boundary row), ``ic``; columns when
+        #: time-dependent (broadcast over the slices)
         self.weights = weights
         #: exact Dirichlet conditions (:mod:`.lift`): u = G + phi N; None without
         self.lift = lift
@@ -104,12 +107,6 @@ class Discretization:
     def input_dim(self) -> int:
         """Inputs of the network: the coordinates, and time for time-dependent problems."""
         return self.dim + (1 if self.time_dependent else 0)
-
-    def _scales(self):
-        """The row weights of each block (see :mod:`~dtpinn_dist.problem.weights`): ``pde``
-        (per collocation row, DT; per interior point, vanilla), ``bc`` (per boundary row) and
-        ``ic``; tensors broadcast over the time slices."""
-        return self.weights
 
     @property
     def network_points(self) -> int:
@@ -247,7 +244,7 @@ class Discretization:
     # ------------------------------------------------------------------ losses
     def residual_parts(self, model) -> dict:
         """Name -> this rank's scaled residual (1-D): ``pde``, ``bc`` (and ``ic``)."""
-        d, sc = self.data, self._scales()
+        d, sc = self.data, self.weights
         parts = {}
         if self.method == "dt":
             V = self.network_values(model)
@@ -332,27 +329,22 @@ class Discretization:
                 U = model(self._space_time(X)[0]).reshape(self.m, -1).T.contiguous()
             else:
                 U = self.lifted(model(X).reshape(-1))
-        if self.lift is not None:  # G and phi have nodal values only: no autograd residual
-            with torch.no_grad():
-                disc = self._dt_pde(U, None) - d["f_rows"]
-            s = self.comm.sum(torch.stack([(disc ** 2).sum()]).to(torch.float64))
-            cnt = self.system.n_collocation * self.m
-            return {"discrete_pde_res": float(torch.sqrt(s[0] / cnt)), "autograd_pde_res": None}
         # the time derivative (autograd in both) and the pointwise terms agree; only the
-        # spatial derivatives differ
-        auto = self._vanilla_pde(model, "rows", create_graph=False).detach()
+        # spatial derivatives differ. With exact conditions G and phi have nodal values only:
+        # no autograd residual.
         Ut = None
         if self.time_dependent:
             Ut = torch.zeros_like(U)
             Ut[d["rows_idx"]] = self._autograd(model, "rows", {"u_t"}, False)["u_t"].detach()
         with torch.no_grad():
-            disc = self._dt_pde(U, Ut) - d["f_rows"]
-            auto = auto - d["f_rows"]
-        local = torch.stack([(disc ** 2).sum(), (auto ** 2).sum()]).to(torch.float64)
-        s = self.comm.sum(local.detach())
+            res = [self._dt_pde(U, Ut) - d["f_rows"]]
+        if self.lift is None:
+            auto = self._vanilla_pde(model, "rows", create_graph=False).detach()
+            res.append(auto - d["f_rows"])
+        s = self.comm.sum(torch.stack([(r ** 2).sum() for r in res]).to(torch.float64))
         cnt = self.system.n_collocation * self.m
-        return {"discrete_pde_res": float(torch.sqrt(s[0] / cnt)),
-                "autograd_pde_res": float(torch.sqrt(s[1] / cnt))}
+        rms = [float(torch.sqrt(v / cnt)) for v in s]
+        return {"discrete_pde_res": rms[0], "autograd_pde_res": rms[1] if len(rms) > 1 else None}
 
     # ------------------------------------------------------------------ Jacobian structure
     @property
@@ -363,7 +355,7 @@ class Discretization:
 
     def values_residual(self, U: torch.Tensor) -> torch.Tensor:
         """The scaled residual ``[pde; bc]`` as a function of the nodal values ``U`` (n,)."""
-        d, sc = self.data, self._scales()
+        d, sc = self.data, self.weights
         pde = (self._dt_pde(U, None) - d["f_rows"]) * sc["pde"]
         bc = (self._dt_bc(U) - d["g"]) * sc["bc"]
         return torch.cat([pde.reshape(-1), bc.reshape(-1)])
@@ -399,7 +391,7 @@ class Discretization:
         declared structure ``[s (A + sum_j diag(dR/dD_j u) D_j + diag(dR/du) P_rows);
         s_b (B + ...)]``. Steady DT problems only (:attr:`has_structure`). Collective when
         distributed (every operator product is)."""
-        d, sc, ops = self.data, self._scales(), self.system.ops
+        d, sc, ops = self.data, self.weights, self.system.ops
         pd, bd = _parts if _parts is not None else self._linearization_parts(U)
         rows, bnd = d["rows_idx"], d["bnd_idx"]
         nr, nb = len(rows), len(bnd)
@@ -427,7 +419,7 @@ class Discretization:
         diagonals, the row selections as scatter-adds). With it ``J^T y = Ju^T (A^T y)``
         needs no ``J``. Steady DT problems only; collective when distributed (``rmatmat`` of a
         PETSc operator is a ``MatTransposeMatMult`` with a reverse halo scatter)."""
-        d, sc, ops = self.data, self._scales(), self.system.ops
+        d, sc, ops = self.data, self.weights, self.system.ops
         pd, bd = _parts if _parts is not None else self._linearization_parts(U)
         rows, bnd = d["rows_idx"], d["bnd_idx"]
         nr, nb = len(rows), len(bnd)
@@ -482,7 +474,7 @@ class Discretization:
             to_csr = lambda o: o.to_scipy()  # noqa: E731
         else:
             return None
-        d, sc = self.data, self._scales()
+        d, sc = self.data, self.weights
         rows = d["rows_idx"].cpu().numpy()
         bnd = d["bnd_idx"].cpu().numpy()
         nr, nb = len(rows), len(bnd)
