@@ -16,11 +16,10 @@ so their residual rows are zero for every network. Off the nodes (test points, `
 the nodal values beside the model (``lift.npz``), so ``dt.load_run(...).predict`` and
 ``python -m dtpinn_dist.predict`` return the same values as the trainer.
 
-Measured (docs/RESULTS.md): on the paper's disk with Dirichlet conditions the exact form trains
-to about 2x the direct solve's error where the weighted loss stalls at 8x (``length``) to 80x
-(``count``); on domains with corners or mixed Dirichlet/Neumann parts ``phi`` and ``G`` are
-only as smooth as the Poisson solution there (corner singularities), and the weighted form is
-the better default. DT-PINNs, steady problems, serial or distributed (each rank solves the
+Measured (docs/loss.md, benchmarks/bench_weighting.py, 120 s of L-BFGS): on the paper's disk
+with Dirichlet conditions the exact form reached 3.95e-5 (12x the direct solve's error) against
+9.95e-5 (``symbol`` weights) and 2.29e-3 (``count``); on the L-shape (corners, a Neumann part)
+1.27e-2 against 3.38e-4 weighted (cause not measured), so the weighted form is the default. DT-PINNs, steady problems, serial or distributed (each rank solves the
 global ``phi`` and ``G`` serially: seconds at 10^5 nodes; above that, use the weighted form).
 """
 from __future__ import annotations

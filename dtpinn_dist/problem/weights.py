@@ -32,9 +32,8 @@ Measured (docs/loss.md, benchmarks/bench_weighting.py): ``h_i^k`` with the local
 ``(h/l)^2`` ~ 1/100 as much as their smooth errors cost, and the PDE block then limits the error
 at 5-35x the paper's rule's error. The order-only rule ``l^k`` (ignoring the coefficients and
 the lower-order terms) over-weighs Robin rows 2x and lost to the paper's rule on its Robin
-problem. Neither is offered. ``"symbol"`` itself gains 5-14x on Dirichlet problems but loses 2x on
-the paper's Robin problem (at equal steps), whose Robin rows already carry a ``1/h``-sized
-stencil under ``"count"``; hence ``"auto"``.
+problem. Neither is offered. ``"symbol"`` itself gains 7-23x on Dirichlet problems but loses 2-3x
+on the paper's Robin problem (why is not measured); hence ``"auto"``.
 
 Weights are computed once per discretisation, from the global cloud (identical on every rank)
 and the coefficients at this rank's rows; every consumer (residual, ``J v``, ``J^T w``, the
