@@ -340,11 +340,15 @@ class Trainer:
         """Refuse, before any step, a problem whose loss or gradient is not finite at the
         initial network (NaN from ``u**u`` at a negative u, ``log(u)``, ...): one ``ValueError``
         naming the loss term (collective: the same answer on every rank)."""
-        r = self.disc.residual(self.model)
-        grads = torch.autograd.grad((r * r).sum(), self.params, allow_unused=True)
+        # one residual evaluation, one collective: each term's squares and the gradient's health
+        parts = self.disc.residual_parts(self.model)
+        sq = torch.stack([(r * r).sum() for r in parts.values()])
+        grads = torch.autograd.grad(sq.sum(), self.params, allow_unused=True)
         bad = sum(int(not torch.isfinite(g).all()) for g in grads if g is not None)
-        bad = float(self.comm.sum(torch.tensor([float(bad)], dtype=torch.float64))[0])
-        terms = self.disc.loss_terms(self.model)
+        glob = self.comm.sum(torch.cat([sq.detach(), sq.new_tensor([float(bad)])]).to(
+            torch.float64))
+        terms = {k: float(v) for k, v in zip(parts, glob[:-1])}
+        bad = float(glob[-1])
         shown = ", ".join(f"{k} term {v:.3g}" for k, v in terms.items())
         broken = [k for k, v in terms.items() if not math.isfinite(v)]
         if broken:
