@@ -77,7 +77,7 @@ def test_jacobian_with_the_lift_against_autograd(mixed):
 def test_training_with_exact_conditions_lowers_the_error(mixed):
     cloud, disc = mixed
     res = dt.fit(disc, schedule="lbfgs:15,lm:5", width=12, depth=2, eval_every=5,
-                 verbose=False)
+                 verbose=False, inputs="box")
     hist = [h["rel_l2"] for h in res.history]
     assert hist[-1] < 0.1 * hist[0]
     split = res.error_split()

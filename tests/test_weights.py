@@ -171,7 +171,7 @@ def test_trained_model_uses_the_cloud_box_and_predict_round_trips(square, tmp_pa
     from dtpinn_dist.outputs.model_io import load_model, save_model
     pb = dt.Problem("-lap(u)", bc=dt.Dirichlet(), exact="x*y + 1")
     disc = dt.discretize(pb, square, 3)
-    res = dt.fit(disc, steps=2, width=8, depth=2, verbose=False)
+    res = dt.fit(disc, steps=2, width=8, depth=2, verbose=False, inputs="box")
     lo, hi = res.model.input_box
     nodes = np.vstack([square.interior, square.boundary])
     assert lo == list(nodes.min(0)) and hi == list(nodes.max(0))
@@ -179,3 +179,15 @@ def test_trained_model_uses_the_cloud_box_and_predict_round_trips(square, tmp_pa
     m, _ = load_model(tmp_path)
     P = np.array([[0.3, 0.7], [0.9, 0.1]])
     assert np.array_equal(res.predict(P), disc.predict(m, P).double().numpy())
+
+
+def test_auto_inputs_map_only_where_the_raw_inputs_are_not_of_order_one():
+    from dtpinn_dist.model.mlp import inputs_of_order_one
+    from dtpinn_dist.optimizer.trainer import _input_box
+    disk = ([-0.99998, -0.9999], [1.0, 0.9998])
+    lshape = ([0.0, 0.0], [2.0, 2.0])
+    heat = ([-1.0, -1.0, 0.0], [1.0, 1.0, 1.0])
+    assert inputs_of_order_one(disk) and inputs_of_order_one(heat)
+    assert not inputs_of_order_one(lshape) and not inputs_of_order_one(([0, 0], [0.3, 1]))
+    assert _input_box("auto", disk) is None and _input_box("auto", lshape) == lshape
+    assert _input_box("box", disk) == disk and _input_box("raw", lshape) is None

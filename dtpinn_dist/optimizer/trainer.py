@@ -70,9 +70,12 @@ class TrainConfig:
         Network initialisation seed.
     width, depth, activation
         Network shape (paper: 50, 4, tanh).
-    inputs : {"box", "raw"}
+    inputs : {"auto", "box", "raw"}
         What the default network's first layer sees: the coordinates (and time) mapped from
-        the cloud's bounding box to [-1, 1] (default), or the raw values (the paper's).
+        the cloud's bounding box to [-1, 1] (``box``), or the raw values (``raw``, the
+        paper's). ``auto`` (default): ``box`` unless the raw inputs are already of order one
+        (:func:`~dtpinn_dist.model.mlp.inputs_of_order_one`: the paper's disk and time
+        interval), so those runs stay as they were measured.
     divergence_factor : float
         Treat a loss above this multiple of the initial loss as divergence (stop, restore the
         parameters with the lowest loss seen); 0 disables. L-BFGS without line search can
@@ -105,7 +108,7 @@ class TrainConfig:
     width: int = 50
     depth: int = 4
     activation: str = "tanh"
-    inputs: str = "box"
+    inputs: str = "auto"
     divergence_factor: float = 1e6
     verbose: bool = True
     schedule: str | None = None
@@ -139,7 +142,7 @@ class TrainConfig:
              "time_budget", "must be a finite number of seconds > 0 (or None)")
         from ..model.mlp import ACTIVATIONS
         need(self.activation in ACTIVATIONS, "activation", f"use one of {sorted(ACTIVATIONS)}")
-        need(self.inputs in ("box", "raw"), "inputs", "use 'box' or 'raw'")
+        need(self.inputs in ("auto", "box", "raw"), "inputs", "use 'auto', 'box' or 'raw'")
         from .registry import OPTIMIZERS
         need(self.optimizer in OPTIMIZERS, "optimizer", f"use one of {sorted(OPTIMIZERS)}")
         if self.schedule is not None:
@@ -197,6 +200,15 @@ class TrainResult:
 #: with the 4 x 50 MLP (peak RSS): DT 4-7 (time-dependent: u_t by double backward), vanilla
 #: 6-13 (second derivatives); with margin:
 _BYTES_FACTOR = {"dt": 10, "vanilla": 20}
+def _input_box(rule: str, box):
+    """The network's input map for the setting ``inputs`` (see :class:`TrainConfig`)."""
+    from ..model.mlp import inputs_of_order_one
+
+    if rule == "raw" or (rule == "auto" and inputs_of_order_one(box)):
+        return None
+    return box
+
+
 #: Parameter-sized vectors the loop keeps besides the optimizer's: the parameters, their
 #: gradients, the restore point, the step's starting point, the summed gradient (MPI).
 _PARAM_COPIES = 5
@@ -301,7 +313,7 @@ class Trainer:
         if model is None:
             model = MLP(disc.input_dim, cfg.width, cfg.depth, dtype=dtype, seed=cfg.seed,
                         activation=cfg.activation, device=disc.device,
-                        input_box=disc.input_box if cfg.inputs == "box" else None)
+                        input_box=_input_box(cfg.inputs, disc.input_box))
         pdt = next(model.parameters()).dtype
         if pdt != dtype:
             raise ValueError(f"the network is {pdt} but the discretisation is {dtype}; "

@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics every this many steps (0: only at the start and the end)")
     o.add_argument("--width", type=int, default=50)
     o.add_argument("--depth", type=int, default=4)
-    o.add_argument("--inputs", choices=["box", "raw"], default="box",
-                   help="the network's inputs: box (default; coordinates and time mapped from "
-                        "the cloud's bounding box to [-1, 1]) or raw (the paper's)")
+    o.add_argument("--inputs", choices=["auto", "box", "raw"], default="auto",
+                   help="the network's inputs: box (coordinates and time mapped from the "
+                        "cloud's bounding box to [-1, 1]), raw (the paper's), auto (default: "
+                        "box unless they already lie in [-1, 1] and span half of it)")
     o.add_argument("--seed", type=int, default=0)
     r = p.add_argument_group("run")
     r.add_argument("--config", default=None, metavar="FILE.toml",
